@@ -8,7 +8,8 @@ replica applies the records it has not seen yet when it is next used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,22 +27,52 @@ class Record:
     scalars: np.ndarray  # float32 (P,)
 
 
+@dataclass
+class ReplayMark:
+    """A log's length at a round's start and the old positions of the clients moved since (in order)."""
+
+    records: int
+    undo: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
 class ReplayLog:
     """The server's record list plus who has applied how much of it.
 
-    `client_seen` is one int32 per virtual client, so N = 100,000 costs 400 kB.
+    `client_seen` is one int32 per virtual client, so N = 100,000 costs 400 kB. Within a round the log only
+    grows: records are appended and positions move (`catch_up`, `mark_seen`, `for_worker`), so `mark()` at a
+    round's start and `rollback(mark)` undo the round in O(records and clients it touched), not O(log).
     """
 
     def __init__(self, num_clients: int, num_workers: int):
         self.records: list[Record] = []
         self.client_seen = np.zeros(num_clients, dtype=np.int32)
         self.worker_seen = np.zeros(num_workers, dtype=np.int64)
+        self._reset_derived()
+
+    def _reset_derived(self) -> None:
+        # cumulative bytes of records[:i] (8 B each), so a catch-up is charged in O(1) however much it missed
+        self._seed_bytes, self._scalar_bytes = array("q", [0]), array("q", [0])
+        for r in self.records:
+            self._count(r)
+        self._mark: ReplayMark | None = None
+
+    def _count(self, r: Record) -> None:
+        self._seed_bytes.append(self._seed_bytes[-1] + r.seeds.nbytes)
+        self._scalar_bytes.append(self._scalar_bytes[-1] + r.scalars.nbytes)
+
+    def _move(self, client_ids: np.ndarray | int) -> None:
+        """Set clients' positions to the end of the log, keeping their old ones for a rollback."""
+        ids = np.array(client_ids, dtype=np.int64, ndmin=1)
+        if self._mark is not None:
+            self._mark.undo.append((ids, self.client_seen[ids]))
+        self.client_seen[ids] = len(self.records)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def append(self, seeds: np.ndarray, scalars: np.ndarray) -> None:
         self.records.append(Record(np.asarray(seeds, np.uint64), np.asarray(scalars, np.float32)))
+        self._count(self.records[-1])
 
     def for_worker(self, worker: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Records the worker's replica still has to apply; marks them applied."""
@@ -52,15 +83,32 @@ class ReplayLog:
     def catch_up(self, ledger: Ledger, client_id: int) -> int:
         """Charge the download of the records a virtual client missed (one message per category);
         returns how many records it replays."""
-        missed = self.records[int(self.client_seen[client_id]) :]
-        if missed:
-            ledger.charge("seed_down", client_id, sum(r.seeds.nbytes for r in missed))
-            ledger.charge("scalar_down", client_id, sum(r.scalars.nbytes for r in missed))
-        self.client_seen[client_id] = len(self.records)
-        return len(missed)
+        seen, end = int(self.client_seen[client_id]), len(self.records)
+        if end > seen:
+            ledger.charge("seed_down", client_id, self._seed_bytes[end] - self._seed_bytes[seen])
+            ledger.charge("scalar_down", client_id, self._scalar_bytes[end] - self._scalar_bytes[seen])
+        self._move(client_id)
+        return end - seen
 
     def mark_seen(self, client_ids: np.ndarray) -> None:
-        self.client_seen[np.asarray(client_ids)] = len(self.records)
+        self._move(np.asarray(client_ids))
+
+    def mark(self) -> ReplayMark:
+        """The log as it stands (a round's start), for `rollback`. Only the latest mark can be rolled back to."""
+        self._mark = ReplayMark(len(self.records))
+        return self._mark
+
+    def rollback(self, mark: ReplayMark) -> None:
+        """Back to `mark`, as `load_state_dict` of the state then would: the records appended since are dropped,
+        client positions restored, and every worker counts as fresh. The mark stays: a rollback can repeat."""
+        if mark is not self._mark:
+            raise ValueError("only the latest mark of a replay log can be rolled back to")
+        del self.records[mark.records :]
+        del self._seed_bytes[mark.records + 1 :], self._scalar_bytes[mark.records + 1 :]
+        for ids, old in reversed(mark.undo):
+            self.client_seen[ids] = old
+        mark.undo.clear()
+        self.worker_seen[:] = 0
 
     def state_dict(self) -> dict:
         """Records and client positions. Worker positions are not state: they describe live processes."""
@@ -71,9 +119,11 @@ class ReplayLog:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore records and client positions; every worker counts as fresh and replays from the start."""
+        """Restore records and client positions; every worker counts as fresh and replays from the start.
+        Marks taken before are void."""
         self.records = [
             Record(np.array(s, np.uint64), np.array(v, np.float32)) for s, v in zip(state["seeds"], state["scalars"])
         ]
         self.client_seen = np.asarray(state["client_seen"], dtype=np.int32).copy()
         self.worker_seen[:] = 0
+        self._reset_derived()
