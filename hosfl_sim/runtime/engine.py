@@ -16,7 +16,6 @@ What keeps a run alive, all here:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -352,22 +351,22 @@ class Engine:
         self, algorithm: Any, rnd: int, clients: np.ndarray, ledger: Ledger, clock_for: Any, measuring: bool
     ) -> tuple[RoundResult, RoundClock, dict[int, int], dict]:
         """Run the round; when workers die, run it again from its start without their clients.
-        Returns the result, the clock of the attempt that finished, {failed client: its worker} and memory."""
+        Returns the result, the clock of the attempt that finished, {failed client: its worker} and memory.
+        The round's start: the ledger's totals, the algorithm's round mark (O(K), no copy of the replay log)
+        and, where workers can die, the server's snapshot taken as the previous round ended (or the run set up)."""
         b = self.backend
         can_fail = getattr(b, "can_lose_workers", False)
-        start_ledger, start_algorithm = ledger.state_dict(), copy.deepcopy(algorithm.state_dict())
+        start_ledger, start_algorithm = ledger.state_dict(), algorithm.round_mark()
         failed: dict[int, int] = {}
         for _ in range(MAX_ATTEMPTS):
             live = np.array([c for c in clients if int(c) not in failed], dtype=clients.dtype)
             clock = clock_for(live)
             ledger.start_round(rnd, clock)
             try:
-                if can_fail and not failed:
-                    b.server("snapshot")  # the round's starting state, kept in the server's own process
                 if measuring:
                     self._set_measuring(True)
                 result = algorithm.run_round(rnd, live, b, ledger) if len(live) else RoundResult(float("nan"), 0)
-                return result, clock, failed, self._pop_memory() if measuring else {}
+                memory = self._pop_memory() if measuring else {}
             except WorkerLost as e:
                 lost = {
                     int(c): algorithm.worker_of(i) for i, c in enumerate(live) if algorithm.worker_of(i) in e.workers
@@ -375,9 +374,14 @@ class Engine:
                 log.warning("round %d: %s; clients %s failed; running the round again", rnd, e, sorted(lost))
                 failed.update(lost)
                 ledger.load_state_dict(start_ledger)
-                algorithm.load_state_dict(copy.deepcopy(start_algorithm))  # the workers count as fresh
+                algorithm.rollback(start_algorithm)  # the workers count as fresh
                 b.get(b.server("restore"))
                 b.reset_workers(e.workers)
+                continue
+            # One server call ends the round: the NaN/Inf check, fetched by _divergence once the round is logged,
+            # and the snapshot the next round would restore (calls to the server run in the order they are made).
+            self._round_end = b.server("end_round", can_fail)
+            return result, clock, failed, memory
         raise RuntimeError(f"client workers died in {MAX_ATTEMPTS} runs of round {rnd}")
 
     def _loop(self, algorithm: Any, recorder: Recorder, index: int, seed: int, state: dict | None) -> tuple[str, int]:
@@ -393,6 +397,9 @@ class Engine:
             algorithm.load_state_dict(state["algorithm"])
             self.backend.get(self.backend.server("load_state_dict", state["server"]))
             first = state["round"] + 1
+        if getattr(self.backend, "can_lose_workers", False):
+            self.backend.get(self.backend.server("snapshot"))  # the first round's start (later: see _run_round)
+        self._round_end: Any = None  # the pending end_round call of the round just run
         ledger = run.ledger
         bar = tqdm(
             total=fed.rounds,
@@ -462,12 +469,13 @@ class Engine:
 
     def _divergence(self, result: RoundResult, row: dict, completed: int) -> str | None:
         """Why the run has diverged, or None: a non-finite loss, or a NaN/Inf anywhere in the server's tensors
-        (its copy of the client part included, so a bad aggregate of scalars shows too)."""
+        (its copy of the client part included, so a bad aggregate of scalars shows too), as the round ended."""
+        pending, self._round_end = self._round_end, None
+        bad = self.backend.get(pending if pending is not None else self.backend.server("nonfinite"))
         if completed and not math.isfinite(result.train_loss):
             return f"train_loss is {result.train_loss}"
         if row["test_loss"] is not None and not math.isfinite(row["test_loss"]):
             return f"test_loss is {row['test_loss']}"
-        bad = self.backend.get(self.backend.server("nonfinite"))
         return None if bad is None else f"NaN or Inf in the server's {bad}"
 
     def _checkpoint(self, recorder: Recorder, algorithm: Any, index: int, seed: int, rnd: int, run: _Progress) -> None:
