@@ -9,8 +9,9 @@ each ratio is a median Ray round over a median local round, on two clocks:
 With 1 worker both backends do the same serial work, so the ratio is the runtime's overhead; with 2
 (the default) Ray also runs the two workers in parallel. Actors start once, before the first Ray run,
 and are reused by every run: start-up is not in the rounds (bench.worker_scaling checks that).
-Also measured: `hosfl_grouped` (bench/proposals.py), the same algorithm with one actor call per
-worker per phase instead of one per client, the proposed fix; it must record the same losses.
+Also measured: `hosfl_per_client` (bench/proposals.py), the same algorithm routed as HOSFL was before it
+grouped its calls (one actor call per client per phase instead of one per worker); it must record the
+same losses.
 
     python -m bench.engine_overhead [--quick] [--task NAME]
 """
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import cnn_scenario, machine, ratio_line, round_seconds, timed_method
-from bench.proposals import GroupedHOSFL, register
+from bench.proposals import PerClientHOSFL, register
 from bench.worker_scaling import CONFIGS
 from hosfl_sim.algorithms import HOSFL
 from hosfl_sim.config import load_scenario
@@ -33,7 +34,7 @@ from hosfl_sim.runtime import Engine
 from hosfl_sim.runtime.local import LocalBackend
 
 SKIP = 3  # warm-up rounds left out
-VARIANTS = {"hosfl": HOSFL, "hosfl_grouped": GroupedHOSFL}
+VARIANTS = {"hosfl": HOSFL, "hosfl_per_client": PerClientHOSFL}
 
 
 def run(backend, sc: dict, out: Path, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,7 +49,7 @@ def run(backend, sc: dict, out: Path, variant: str) -> tuple[np.ndarray, np.ndar
 
 
 def compare(workers: int, rounds: int, reps: int, out: Path, task: dict | None) -> tuple[dict, bool]:
-    """({(variant, backend): (median run_round s, median engine round s)}, grouped losses == plain losses)."""
+    """({(variant, backend): (median run_round s, median engine round s)}, per-client losses == hosfl losses)."""
     from hosfl_sim.runtime.ray_backend import RayBackend
 
     sc = cnn_scenario("overhead", 100, 10, rounds, backend="ray", num_workers=workers)
@@ -70,7 +71,7 @@ def compare(workers: int, rounds: int, reps: int, out: Path, task: dict | None) 
     medians = {
         key: tuple(float(np.median(np.concatenate([t[i] for t in ts]))) for i in range(2)) for key, ts in times.items()
     }
-    return medians, bool(np.array_equal(losses["hosfl"], losses["hosfl_grouped"]))
+    return medians, bool(np.array_equal(losses["hosfl"], losses["hosfl_per_client"]))
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
                     detail = f"ray {1e3 * remote[i]:.1f} ms, local {1e3 * local[i]:.1f} ms"
                     name = f"ray/local {clock}, {w} worker(s), {variant}"
                     print(ratio_line(name, r, "<= 1.15", r <= 1.15, detail))
-            print(f"  hosfl_grouped records the same train losses as hosfl: {same}")
+            print(f"  hosfl_per_client records the same train losses as hosfl: {same}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ alternating run by run; each rate is the median over all their rounds. HO-SFL, K
   the clients' (measured on the LocalBackend), so 2 workers can at best give 1 / (0.11 + 0.89 / 2) = 1.8x
   while the server's step (all K backward passes) stays between the anchors and the probes;
 - "quickstart": the CNN cut after block1 on 8x8 digits: ~58% client work, at best 1.4x that way.
-Each also runs the two proposals of bench/proposals.py (which must record hosfl's losses):
-`hosfl_grouped` (one actor call per worker per phase) and `hosfl_pipelined` (the server's backward per
+Each also runs the two routings of bench/proposals.py (which must record hosfl's losses):
+`hosfl_per_client` (one actor call per client per phase: HOSFL's routing before it grouped its calls by
+worker) and `hosfl_pipelined` (the server's backward per
 client as its activation arrives, so probes start while the server works). Also checked: actors start
 once per backend (not per run, not per round): their pids stay the same across runs and across the runs
 of Engine.run_all, and a run's first round costs about what the others do.
@@ -29,7 +30,7 @@ from bench.common import machine, ratio_line, round_seconds, timed_method
 from bench.proposals import register
 
 SKIP = 2
-VARIANTS = ("hosfl", "hosfl_grouped", "hosfl_pipelined")
+VARIANTS = ("hosfl", "hosfl_per_client", "hosfl_pipelined")
 
 CONFIGS = {
     "client-heavy cnn block2 1x32x32": {

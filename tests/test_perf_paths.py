@@ -4,6 +4,7 @@ probes, and a federation whose per-client state is a few bytes. (Numbers only, n
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.func import functional_call
@@ -15,6 +16,7 @@ from hosfl_sim.config import load_scenario
 from hosfl_sim.config.schema import SystemConfig
 from hosfl_sim.data.partition import IidPartitioner
 from hosfl_sim.runtime import Engine
+from hosfl_sim.runtime.local import LocalBackend
 from hosfl_sim.system import build_profiles
 from hosfl_sim.zo import derive_seeds, perturbed_copies
 from hosfl_sim.zo.perturb import set_perturbed_, stacked_perturbations
@@ -124,3 +126,49 @@ def test_batched_falls_back_where_vmap_cannot_batch():
     outs = list(c.probe_outputs(x, seeds, 1e-3))
     assert all(torch.equal(o, r) for o, r in zip(outs, ref))
     assert c._vmap_ok is False
+
+
+class CountingBackend(LocalBackend):
+    """Counts the actor calls an algorithm makes, by (role, method)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.calls: dict[tuple[str, str], int] = {}
+
+    def client(self, worker, method, *args, num_returns=1):
+        self.calls[("client", method)] = self.calls.get(("client", method), 0) + 1
+        return super().client(worker, method, *args, num_returns=num_returns)
+
+    def server(self, method, *args, num_returns=1):
+        self.calls[("server", method)] = self.calls.get(("server", method), 0) + 1
+        return super().server(method, *args, num_returns=num_returns)
+
+
+@pytest.mark.parametrize("policy", ["sync", "deadline"])
+def test_an_hosfl_step_makes_one_call_per_worker_per_phase(tmp_path, policy):
+    """K = 7 clients on W = 2 workers: 2W client calls and 2 server calls a step, whatever K, also when a
+    deadline drops clients between the phases (the server then waits for the barrier's verdict)."""
+    fed = {"num_clients": 12, "clients_per_round": 7, "rounds": 3, "batch_size": 8, "eval_every": 100}
+    system = {"policy": policy}
+    if policy == "deadline":  # half the clients are 50x slower: they miss the deadline at the first barrier
+        system |= {
+            "compute_flops": {"kind": "constant", "value": 1e6},
+            "straggler_fraction": 0.5,
+            "straggler_slowdown": 50,
+            "deadline_s": 2.0,
+        }
+    algorithms = [{"name": "hosfl", "perturbations": 4, "local_steps": 2}]
+    sc = load_scenario(tiny_scenario(federation=fed, system=system, algorithms=algorithms))
+    backend = CountingBackend(2, 1)
+    (summary,) = Engine(sc, backend=backend, progress=False).run_all(tmp_path)
+    steps = 3 * 2
+    assert backend.calls[("client", "anchors")] <= 2 * steps and backend.calls[("client", "probes")] <= 2 * steps
+    assert backend.calls[("server", "train_step")] == steps and backend.calls[("server", "aggregate")] == steps
+    assert ("client", "anchor") not in backend.calls and ("client", "probe") not in backend.calls
+    # the engine's own per-round server work is one call (NaN/Inf check and snapshot together)
+    assert backend.calls[("server", "end_round")] == 3 and ("server", "nonfinite") not in backend.calls
+    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
+    rounds = pd.read_parquet(summary.run_dir / "rounds.parquet")
+    assert clients["samples"].sum() == rounds["samples_seen"].iloc[-1]
+    if policy == "deadline":
+        assert (clients["status"] == "straggler_dropped").any() and (clients["status"] == "completed").any()

@@ -276,7 +276,7 @@ def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_pat
         probes, killed = 0, False
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method == "probe":
+            if worker == 1 and method == "probes":
                 self.probes += 1
                 if self.probes == 3:
                     self.old_pid = ray.get(self.workers[1].pid.remote())
@@ -345,7 +345,7 @@ def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ra
         anchors = 0
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method == "anchor":
+            if worker == 1 and method == "anchors":
                 self.anchors += 1
                 if self.anchors == 4:
                     ray.kill(self.server_actor, no_restart=True)

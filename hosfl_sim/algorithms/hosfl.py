@@ -6,9 +6,17 @@ One local step, for the K sampled clients (all use the same P seeds):
   client  v_p = <f_c(theta_c + mu u_p; x) - a, g>, p=1..P  -> v up             (P forwards)
   server  v_bar = mean_k v                                 -> (seeds, v_bar) down to everyone
   every replica: theta_c <- opt(theta_c, (1 / (P mu)) sum_p v_bar_p u_p)
+
+Routing: one actor call per worker per phase (`anchors`, `probes`: each worker serves its clients of
+the round in turn), one server call per phase, so a step costs 2W + 2 calls whatever K is. The driver
+submits the whole step before it reads anything (actors hand each other the futures), then charges
+the ledger and the clock message by message in client order. Under a policy that can drop clients
+at a barrier (deadline, over-commit) the next phase is submitted only once the barrier has decided.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +74,16 @@ class HOSFLClient(ZOClient):
                 v[i] = float(torch.dot(out.sub_(a).flatten(), g_t))
         return v, {"compute_s": t.seconds}
 
+    def anchors(self, records: list, client_ids: list[int], rnd: int, step: int) -> tuple[list, list]:
+        """`anchor` for each client of this worker, in order (the first one applies the missed records)."""
+        out = [self.anchor(records if i == 0 else [], c, rnd, step) for i, c in enumerate(client_ids)]
+        return [up for up, _ in out], [meta for _, meta in out]
+
+    def probes(self, client_ids: list[int], seeds: np.ndarray, grads: list[np.ndarray]) -> tuple[list, list]:
+        """`probe` for each client of this worker, in order, with its cut gradient."""
+        out = [self.probe(c, seeds, g) for c, g in zip(client_ids, grads)]
+        return [v for v, _ in out], [meta for _, meta in out]
+
 
 class HOSFLServer(ServerRole):
     def __init__(self, spec: TaskSpec):
@@ -77,8 +95,10 @@ class HOSFLServer(ServerRole):
         self.params = [p for p in self.server.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg.server_optimizer)
 
-    def train_step(self, *uploads: dict) -> list:
-        """First-order step on all K activations; returns K cut gradients, then the losses and FLOPs."""
+    def train_step(self, plan: list[tuple[int, int]], *groups: list[dict]) -> list:
+        """First-order step on the activations `groups[g][j]` for (g, j) in `plan` (the kept clients, in
+        client order); returns, per group, the cut gradients of its planned uploads, then the losses and FLOPs."""
+        uploads = [groups[g][j] for g, j in plan]
         self.optimizer.zero_grad(set_to_none=True)
         grads, losses, flops = [], [], 0
         for up in uploads:
@@ -93,10 +113,14 @@ class HOSFLServer(ServerRole):
             if p.grad is not None:
                 p.grad.div_(len(uploads))
         self.optimizer.step()
-        return [*grads, {"losses": losses, "flops": flops}]
+        per_group: list[list[np.ndarray]] = [[] for _ in groups]
+        for (g, _), grad in zip(plan, grads):
+            per_group[g].append(grad)
+        return [*per_group, {"losses": losses, "flops": flops}]
 
-    def aggregate(self, seeds: np.ndarray, *scalars: np.ndarray) -> np.ndarray:
-        v_bar = mean_scalars(scalars)
+    def aggregate(self, seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[np.ndarray]) -> np.ndarray:
+        """Average the scalars `groups[g][j]` for (g, j) in `plan` and step the server's copy of the client."""
+        v_bar = mean_scalars([groups[g][j] for g, j in plan])
         self.client_updater.apply(seeds, v_bar, self.spec.algorithm.mu)
         return v_bar
 
@@ -112,17 +136,41 @@ class HOSFL(SeedBasedAlgorithm):
     supports_policies = True
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        cfg, clock = self.cfg, ledger.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses, samples = [int(c) for c in clients], [], 0
-        for step in range(cfg.local_steps):
-            seeds, active = self.open_step(rnd, step, active, ledger)
-            calls = {
-                c: backend.client(worker[c], "anchor", self.log.for_worker(worker[c]), c, rnd, step, num_returns=2)
-                for c in active
-            }
-            metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
+        active, losses = [int(c) for c in clients], []
+        for step in range(self.cfg.local_steps):
+            active = self.local_step(rnd, step, active, worker, records, losses, backend, ledger)
+            if not active:
+                break
+        samples = sum(r.samples for r in records.values())
+        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+
+    def local_step(
+        self,
+        rnd: int,
+        step: int,
+        active: list[int],
+        worker: dict[int, int],
+        records: dict[int, ClientRecord],
+        losses: list[float],
+        backend: Backend,
+        ledger: Ledger,
+    ) -> list[int]:
+        """One local step of the `active` clients; returns those still active (a barrier may drop some).
+        Appends the server's per-client losses to `losses` and accumulates into `records`."""
+        cfg, clock = self.cfg, ledger.clock
+        seeds, active = self.open_step(rnd, step, active, ledger)
+        if not active:
+            return active
+        groups = by_worker(active, worker)
+        anchor = {
+            w: backend.client(w, "anchors", self.log.for_worker(w), cs, rnd, step, num_returns=2)
+            for w, cs in groups.items()
+        }
+
+        def charge_anchors() -> dict[int, dict]:
+            metas = in_client_order(groups, backend.get([anchor[w][1] for w in groups]))
             for cid in active:
                 m = metas[cid]
                 if clock is not None:
@@ -130,32 +178,79 @@ class HOSFL(SeedBasedAlgorithm):
                 ledger.charge("act_up", cid, m["act_bytes"])
                 ledger.charge("labels_up", cid, m["label_bytes"])
                 records[cid].compute_s += m["compute_s"]
+            return metas
+
+        drop_before_step = may_drop(clock)
+        if drop_before_step:  # the server steps only on the clients the barrier keeps: wait for it
+            metas = charge_anchors()
             active = self.barrier(clock, active, backend, worker)
             if not active:
-                break
-            out = backend.server("train_step", *[calls[c][0] for c in active], num_returns=len(active) + 1)
-            probes = {c: backend.client(worker[c], "probe", c, seeds, g, num_returns=2) for c, g in zip(active, out)}
-            server_meta = backend.get(out[-1])
+                return active
+        kept = by_worker(active, worker)
+        uploads = [anchor[w][0] for w in groups]
+        out = backend.server("train_step", plan(active, groups), *uploads, num_returns=len(groups) + 1)
+        grads = dict(zip(groups, out))
+        probe = {w: backend.client(w, "probes", cs, seeds, grads[w], num_returns=2) for w, cs in kept.items()}
+        drop_before_aggregate = may_drop(clock)
+        if not drop_before_aggregate:
+            v_bar = backend.server("aggregate", seeds, plan(active, kept), *[probe[w][0] for w in kept])
+        if not drop_before_step:  # the whole step is submitted: now the accounting, in message order
+            metas = charge_anchors()
+            keep_all(active, self.barrier(clock, active, backend, worker))
+
+        server_meta = backend.get(out[-1])
+        if clock is not None:
+            clock.server_batch(active, server_meta["flops"])
+        for cid, loss in zip(active, server_meta["losses"]):
+            ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
+            records[cid].train_loss = loss
+            records[cid].samples += metas[cid]["samples"]
+        losses.extend(server_meta["losses"])
+        probe_metas = in_client_order(kept, backend.get([probe[w][1] for w in kept]))
+        for cid in active:
             if clock is not None:
-                clock.server_batch(active, server_meta["flops"])
-            for cid, loss in zip(active, server_meta["losses"]):
-                ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
-                records[cid].train_loss = loss
-                records[cid].samples += metas[cid]["samples"]
-                samples += metas[cid]["samples"]
-            losses.extend(server_meta["losses"])
-            probe_metas = dict(zip(active, backend.get([probes[c][1] for c in active])))
-            for cid in active:
-                if clock is not None:
-                    clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
-                ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 v in R^P
-                records[cid].compute_s += probe_metas[cid]["compute_s"]
+                clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
+            ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 v in R^P
+            records[cid].compute_s += probe_metas[cid]["compute_s"]
+        if drop_before_aggregate:
             active = self.barrier(clock, active, backend, worker)
             if not active:
-                break
-            v_bar = backend.get(backend.server("aggregate", seeds, *[probes[c][0] for c in active]))
-            for cid in active:
-                ledger.charge("scalar_down", cid, v_bar)
-            self.log.append(seeds, v_bar)
-            self.log.mark_seen(np.array(active))
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+                return active
+            v_bar = backend.server("aggregate", seeds, plan(active, kept), *[probe[w][0] for w in kept])
+        else:
+            keep_all(active, self.barrier(clock, active, backend, worker))
+        v_bar = backend.get(v_bar)
+        for cid in active:
+            ledger.charge("scalar_down", cid, v_bar)
+        self.log.append(seeds, v_bar)
+        self.log.mark_seen(np.array(active))
+        return active
+
+
+def by_worker(active: list[int], worker: dict[int, int]) -> dict[int, list[int]]:
+    """{worker: its clients among `active`, in `active`'s order}, workers in increasing order."""
+    groups: dict[int, list[int]] = {w: [] for w in sorted({worker[c] for c in active})}
+    for c in active:
+        groups[worker[c]].append(c)
+    return groups
+
+
+def plan(active: list[int], groups: dict[int, list[int]]) -> list[tuple[int, int]]:
+    """Where each client of `active` (in order) sits in the per-worker lists a server call receives, as
+    (group index, index in the group); `groups` is what the workers were sent, a superset of `active`."""
+    where = {c: (g, j) for g, cs in enumerate(groups.values()) for j, c in enumerate(cs)}
+    return [where[c] for c in active]
+
+
+def in_client_order(groups: dict[int, list[int]], per_worker: list[list]) -> dict:
+    """{client: value} from one list of values per worker (in `groups`' order)."""
+    return {c: v for cs, vs in zip(groups.values(), per_worker) for c, v in zip(cs, vs)}
+
+
+def may_drop(clock: Any) -> bool:
+    return clock is not None and clock.may_drop
+
+
+def keep_all(active: list[int], kept: list[int]) -> None:
+    if kept != active:  # may_drop said this barrier keeps everyone
+        raise RuntimeError(f"a barrier dropped {sorted(set(active) - set(kept))} where no client could be dropped")

@@ -144,6 +144,9 @@ def run_hash(scenario: dict, index: int, seed: int) -> str:
     return _hash(scenario, index, seed)
 
 
+_NONE_PENDING = object()  # no end_round call is pending
+
+
 class Engine:
     """Runs every (algorithm, seed) of a scenario on one backend, whose actors are reused. The backend
     starts on first use. `request_stop()` (e.g. from a signal handler) ends the current run after its
@@ -399,7 +402,7 @@ class Engine:
             first = state["round"] + 1
         if getattr(self.backend, "can_lose_workers", False):
             self.backend.get(self.backend.server("snapshot"))  # the first round's start (later: see _run_round)
-        self._round_end: Any = None  # the pending end_round call of the round just run
+        self._round_end: Any = _NONE_PENDING  # the pending end_round call of the round just run
         ledger = run.ledger
         bar = tqdm(
             total=fed.rounds,
@@ -470,8 +473,9 @@ class Engine:
     def _divergence(self, result: RoundResult, row: dict, completed: int) -> str | None:
         """Why the run has diverged, or None: a non-finite loss, or a NaN/Inf anywhere in the server's tensors
         (its copy of the client part included, so a bad aggregate of scalars shows too), as the round ended."""
-        pending, self._round_end = self._round_end, None
-        bad = self.backend.get(pending if pending is not None else self.backend.server("nonfinite"))
+        pending, self._round_end = self._round_end, _NONE_PENDING
+        # (on the local backend the pending call is its result already, None when all is finite)
+        bad = self.backend.get(self.backend.server("nonfinite") if pending is _NONE_PENDING else pending)
         if completed and not math.isfinite(result.train_loss):
             return f"train_loss is {result.train_loss}"
         if row["test_loss"] is not None and not math.isfinite(row["test_loss"]):

@@ -107,6 +107,12 @@ class RoundClock:
                 self.clients[int(c)].status = FAILED
         return [c for c in clients if int(c) not in self.failing]
 
+    @property
+    def may_drop(self) -> bool:
+        """Whether the next barrier can keep fewer clients than it is given (a deadline, or an over-commit
+        quota not yet applied); under sync it keeps every client still live."""
+        return self.quota is not None or self.cfg.policy == "deadline"
+
     def barrier(self, clients: list[int]) -> list[int]:
         """The server waits for `clients`; returns those it keeps (in the given order)."""
         live = [int(c) for c in clients if self.clients[int(c)].status == COMPLETED]
