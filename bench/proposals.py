@@ -5,9 +5,10 @@ backward passes and the ledger charges are HOSFL's, so the recorded numbers are 
 check the losses). Sync policy only (a policy that drops clients between phases is not handled here).
 
 - `hosfl_per_client`: the routing HOSFL had before it grouped its calls: an anchor and a probe call per
-  client, the server's step and aggregate, 2K + 2 actor calls a step, each phase waited for by the
-  driver before the next is submitted. Kept as the reference of what grouping saves (HOSFL makes
-  2W + 2 calls and submits the whole step at once).
+  client, the server's step and aggregate (the average computed in the server actor), 2K + 2 actor
+  calls a step, each phase waited for by the driver before the next is submitted. Kept as the
+  reference of what HOSFL's routing saves (2W + 2 calls, the step submitted at once, the average on
+  the driver).
 - `hosfl_pipelined`: the server's first-order step (all K backward passes) sits between the anchors and
   the probes, so the workers idle while it runs. Splitting it into one `cut_grad` per client (backward
   at the pre-step weights, gradients accumulated) and one `step` lets client k's probes start once its
@@ -21,6 +22,7 @@ import numpy as np
 from hosfl_sim.algorithms import ALGORITHMS
 from hosfl_sim.algorithms.base import Backend, ClientRecord, RoundResult, tensor
 from hosfl_sim.algorithms.hosfl import HOSFL, HOSFLServer
+from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.comm import Ledger
 
 
@@ -32,7 +34,10 @@ class FlatServer(HOSFLServer):
         return [g for (g,) in out[:-1]] + [out[-1]]
 
     def aggregate_flat(self, seeds: np.ndarray, *scalars: np.ndarray) -> np.ndarray:
-        return self.aggregate(seeds, [(k, 0) for k in range(len(scalars))], *[[v] for v in scalars])
+        """The average in the server actor, and its client copy's step (HOSFL averages on the driver)."""
+        v_bar = mean_scalars(list(scalars))
+        self.update_client(seeds, v_bar)
+        return v_bar
 
 
 class PerClientHOSFL(HOSFL):

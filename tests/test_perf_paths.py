@@ -163,7 +163,7 @@ def test_an_hosfl_step_makes_one_call_per_worker_per_phase(tmp_path, policy):
     (summary,) = Engine(sc, backend=backend, progress=False).run_all(tmp_path)
     steps = 3 * 2
     assert backend.calls[("client", "anchors")] <= 2 * steps and backend.calls[("client", "probes")] <= 2 * steps
-    assert backend.calls[("server", "train_step")] == steps and backend.calls[("server", "aggregate")] == steps
+    assert backend.calls[("server", "train_step")] == steps and backend.calls[("server", "update_client")] == steps
     assert ("client", "anchor") not in backend.calls and ("client", "probe") not in backend.calls
     # the engine's own per-round server work is one call (NaN/Inf check and snapshot together)
     assert backend.calls[("server", "end_round")] == 3 and ("server", "nonfinite") not in backend.calls

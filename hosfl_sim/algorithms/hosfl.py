@@ -8,10 +8,12 @@ One local step, for the K sampled clients (all use the same P seeds):
   every replica: theta_c <- opt(theta_c, (1 / (P mu)) sum_p v_bar_p u_p)
 
 Routing: one actor call per worker per phase (`anchors`, `probes`: each worker serves its clients of
-the round in turn), one server call per phase, so a step costs 2W + 2 calls whatever K is. The driver
-submits the whole step before it reads anything (actors hand each other the futures), then charges
-the ledger and the clock message by message in client order. Under a policy that can drop clients
-at a barrier (deadline, over-commit) the next phase is submitted only once the barrier has decided.
+the round in turn) and two server calls (`train_step`, `update_client`), so a step costs 2W + 2 calls
+whatever K is. The driver submits the step up to the probes before it reads anything (actors hand
+each other the futures), then charges the ledger and the clock message by message in client order.
+The average of the scalars is the server's control logic, run by the driver (as a Flower strategy
+aggregates in the server app), so the probes' scalars take one hop, not two. Under a policy that can
+drop clients at a barrier (deadline, over-commit) the server step waits for the barrier's verdict.
 """
 
 from __future__ import annotations
@@ -118,11 +120,9 @@ class HOSFLServer(ServerRole):
             per_group[g].append(grad)
         return [*per_group, {"losses": losses, "flops": flops}]
 
-    def aggregate(self, seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[np.ndarray]) -> np.ndarray:
-        """Average the scalars `groups[g][j]` for (g, j) in `plan` and step the server's copy of the client."""
-        v_bar = mean_scalars([groups[g][j] for g, j in plan])
+    def update_client(self, seeds: np.ndarray, v_bar: np.ndarray) -> None:
+        """The broadcast (seeds, v_bar) applied to the server's copy of the client part, as every replica applies it."""
         self.client_updater.apply(seeds, v_bar, self.spec.algorithm.mu)
-        return v_bar
 
 
 class HOSFL(SeedBasedAlgorithm):
@@ -134,6 +134,7 @@ class HOSFL(SeedBasedAlgorithm):
     client_role = HOSFLClient
     server_role = HOSFLServer
     supports_policies = True
+    pending_update: Any = None  # the last update_client call, read with the next step's server step
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
@@ -191,14 +192,12 @@ class HOSFL(SeedBasedAlgorithm):
         out = backend.server("train_step", plan(active, groups), *uploads, num_returns=len(groups) + 1)
         grads = dict(zip(groups, out))
         probe = {w: backend.client(w, "probes", cs, seeds, grads[w], num_returns=2) for w, cs in kept.items()}
-        drop_before_aggregate = may_drop(clock)
-        if not drop_before_aggregate:
-            v_bar = backend.server("aggregate", seeds, plan(active, kept), *[probe[w][0] for w in kept])
         if not drop_before_step:  # the whole step is submitted: now the accounting, in message order
             metas = charge_anchors()
             keep_all(active, self.barrier(clock, active, backend, worker))
 
-        server_meta = backend.get(out[-1])
+        # (with the previous step's update of the server's client copy, so an error there is raised)
+        server_meta, _ = backend.get([out[-1], self.pending_update])
         if clock is not None:
             clock.server_batch(active, server_meta["flops"])
         for cid, loss in zip(active, server_meta["losses"]):
@@ -206,20 +205,25 @@ class HOSFL(SeedBasedAlgorithm):
             records[cid].train_loss = loss
             records[cid].samples += metas[cid]["samples"]
         losses.extend(server_meta["losses"])
-        probe_metas = in_client_order(kept, backend.get([probe[w][1] for w in kept]))
+        probed = backend.get([probe[w] for w in kept])
+        scalars = in_client_order(kept, [vs for vs, _ in probed])
+        probe_metas = in_client_order(kept, [ms for _, ms in probed])
         for cid in active:
             if clock is not None:
                 clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
             ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 v in R^P
             records[cid].compute_s += probe_metas[cid]["compute_s"]
-        if drop_before_aggregate:
+        if may_drop(clock):
             active = self.barrier(clock, active, backend, worker)
             if not active:
                 return active
-            v_bar = backend.server("aggregate", seeds, plan(active, kept), *[probe[w][0] for w in kept])
         else:
             keep_all(active, self.barrier(clock, active, backend, worker))
-        v_bar = backend.get(v_bar)
+        # The server's aggregation: the average happens here, in its control logic, so the scalars go straight
+        # to it (no extra hop through the server actor); its copy of the client part takes the step without
+        # being waited for (calls to it run in order, so before anything that reads that copy).
+        v_bar = mean_scalars([scalars[c] for c in active])
+        self.pending_update = backend.server("update_client", seeds, v_bar)
         for cid in active:
             ledger.charge("scalar_down", cid, v_bar)
         self.log.append(seeds, v_bar)
