@@ -42,6 +42,7 @@ bench: $(STAMP)  ## the performance targets as printed ratios (README, Performan
 	$(PY) -m bench.engine_overhead
 	$(PY) -m bench.scale_clients
 	$(PY) -m bench.worker_scaling
+	$(PY) -m bench.recorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hosfl_sim tests bench

@@ -4,9 +4,8 @@ A step is HOSFLClient.anchor (one forward) + HOSFLClient.probe (P forwards); the
 the time of 1 + P plain no-grad forwards of the same client part on the same batch, run back to back (the
 compute limit; one forward alone pays page faults a sequence does not), both in CPU seconds of this
 process (the machine is shared; wall time would also count the neighbours' jobs), medians of interleaved
-repetitions. One torch thread, like a client worker (runtime.torch_threads = 1). Probe kinds: functional
-(the default), inplace, and batched, the latter through `ZOClient.probe_outputs`, which HOSFLClient.probe
-does not call yet (see README, Performance): `BatchedProbe` below is HOSFLClient with that change made.
+repetitions. One torch thread, like a client worker (runtime.torch_threads = 1). Probe kinds (`algorithm.probe`):
+functional (the default), inplace, and batched (vmapped probes through `ZOClient.probe_outputs`).
 
     python -m bench.probe_step [--quick]
 """
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 
 from bench.common import interleaved, machine, median, ratio_line, vision_spec
-from hosfl_sim.algorithms.base import tensor
 from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.config import AlgorithmConfig, ModelConfig
 from hosfl_sim.zo import derive_seeds, directions
@@ -34,25 +32,8 @@ MODELS = {  # name: (model, per-sample input shape, repetitions)
 }
 
 
-class BatchedProbe(HOSFLClient):
-    """HOSFLClient whose probe loop takes its P outputs from `probe_outputs` (the proposed change)."""
-
-    @torch.no_grad()
-    def probe(self, client_id: int, seeds: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, dict]:
-        with self.work(client_id) as t:
-            x, a = self.pending.pop(client_id)
-            g_t = tensor(g, self.device, a.dtype).flatten()
-            v = np.empty(len(seeds), dtype=np.float32)
-            for i, out in enumerate(self.probe_outputs(x, seeds, self.spec.algorithm.mu)):
-                v[i] = float(torch.dot(out.sub_(a).flatten(), g_t))
-        return v, {"compute_s": t.seconds}
-
-
 def kinds() -> dict[str, tuple[type, str]]:
-    out = {"functional": (HOSFLClient, "functional"), "inplace": (HOSFLClient, "inplace")}
-    if hasattr(HOSFLClient, "probe_outputs"):
-        out["batched (proposed probe loop)"] = (BatchedProbe, "batched")
-    return out
+    return {kind: (HOSFLClient, kind) for kind in ("functional", "inplace", "batched")}
 
 
 def bench_model(name: str, quick: bool) -> list[str]:

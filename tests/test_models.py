@@ -264,3 +264,19 @@ def test_registered_family_is_built_under_the_seed(monkeypatch):
     b = build_split_model(ModelConfig(name="toy", cut=2), {}, 4, seed=7)
     assert torch.equal(a.client.weight, b.client.weight) and a.server.out_features == 4
     assert cut_points("toy") == []
+
+
+def test_the_cnn_max_pool_gives_nn_max_pool2d_outputs_and_gradients():
+    """The channels-last pool of the CNN is a speed-up only: post-ReLU maps full of tied zeros included."""
+    from hosfl_sim.models.cnn import MaxPool2d
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, k in (((8, 16, 8, 8), 2), ((4, 8, 6, 10), (2, 1)), ((2, 3, 32, 32), 2)):
+        x = torch.relu(torch.randn(*shape, generator=gen))
+        ours, ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out, expected = MaxPool2d(k)(ours), nn.MaxPool2d(k)(ref)
+        assert torch.equal(out, expected) and out.is_contiguous()
+        g = torch.randn(out.shape, generator=gen)
+        out.backward(g)
+        expected.backward(g)
+        assert torch.equal(ours.grad, ref.grad)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+import torch
 from torch import nn
 
 from hosfl_sim.config import ModelConfig
@@ -18,6 +19,16 @@ from hosfl_sim.models.split import SplitModel, image_shape, register_model, spli
 from hosfl_sim.models.weights import load_vision_weights
 
 CUT_POINTS = ["block1", "block2", "block3"]
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d run in channels-last layout on the CPU: the same outputs and gradients, and a forward
+    about 4x faster on this CNN's small maps (torch's NCHW CPU kernel is slow there; bench/probe_step.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def cnn_layers(shape: tuple[int, ...], num_classes: int, width: int) -> OrderedDict[str, nn.Module]:
@@ -34,7 +45,7 @@ def cnn_layers(shape: tuple[int, ...], num_classes: int, width: int) -> OrderedD
             OrderedDict(
                 conv=nn.Conv2d(c, out, 3, padding=1),
                 relu=nn.ReLU(),
-                pool=nn.MaxPool2d(pool) if pool != (1, 1) else nn.Identity(),
+                pool=MaxPool2d(pool) if pool != (1, 1) else nn.Identity(),
             )
         )
         c, h, w = out, h // pool[0], w // pool[1]
