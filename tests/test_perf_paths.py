@@ -3,6 +3,9 @@ probes, and a federation whose per-client state is a few bytes. (Numbers only, n
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +175,11 @@ def test_an_hosfl_step_makes_one_call_per_worker_per_phase(tmp_path, policy):
     assert clients["samples"].sum() == rounds["samples_seen"].iloc[-1]
     if policy == "deadline":
         assert (clients["status"] == "straggler_dropped").any() and (clients["status"] == "completed").any()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_role_processes_keep_freed_memory_on_glibc():
+    """The backends tune malloc (runtime/allocator.py); glibc accepts both thresholds."""
+    from hosfl_sim.runtime.allocator import keep_freed_memory
+
+    assert keep_freed_memory()

@@ -28,7 +28,11 @@ class MaxPool2d(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dim() != 4:
             return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        try:
+            x = x.contiguous(memory_format=torch.channels_last)
+        except RuntimeError:  # inside torch.func.vmap (batched probes), which cannot change layouts
+            return super().forward(x)
+        return super().forward(x).contiguous()
 
 
 def cnn_layers(shape: tuple[int, ...], num_classes: int, width: int) -> OrderedDict[str, nn.Module]:

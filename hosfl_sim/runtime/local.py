@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
+from hosfl_sim.runtime.allocator import keep_freed_memory
 
 
 def _split(out: Any, num_returns: int) -> Any:
@@ -29,6 +30,7 @@ class LocalBackend:
 
     def __init__(self, num_workers: int, torch_threads: int | None = None):
         self.num_workers = num_workers
+        keep_freed_memory()  # as the Ray actors do: the same allocator behaviour on both backends
         if torch_threads:
             torch.set_num_threads(torch_threads)  # the Ray actors use the same count: same kernels
         self.workers: list[Any] = []

@@ -34,6 +34,7 @@ import ray
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
 from hosfl_sim.config import RuntimeConfig
+from hosfl_sim.runtime.allocator import keep_freed_memory
 from hosfl_sim.runtime.engine import ServerLost, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RoleHost:
     def __init__(self, torch_threads: int):
         import torch
 
+        keep_freed_memory()
         torch.set_num_threads(torch_threads)
         self.role: Any = None
 
