@@ -147,27 +147,43 @@ class CountingBackend(LocalBackend):
         return super().server(method, *args, num_returns=num_returns)
 
 
+# per algorithm: its per-worker client calls, its server calls of one step, and a deadline (simulated
+# seconds) that the fast half of its clients meets and the slow half misses
+ROUTING = {
+    "hosfl": (("anchors", "probes"), ("train_step", "update_client"), 2.0),
+    "sfl_zo": (("probes",), ("differences", "aggregate"), 2.0),
+    "zo_fl": (("probes",), ("aggregate",), 24.0),
+}
+
+
 @pytest.mark.parametrize("policy", ["sync", "deadline"])
-def test_an_hosfl_step_makes_one_call_per_worker_per_phase(tmp_path, policy):
-    """K = 7 clients on W = 2 workers: 2W client calls and 2 server calls a step, whatever K, also when a
-    deadline drops clients between the phases (the server then waits for the barrier's verdict)."""
+@pytest.mark.parametrize("name", list(ROUTING))
+def test_a_seed_based_step_makes_one_call_per_worker_per_phase(tmp_path, name, policy):
+    """K = 7 clients on W = 2 workers: at most W client calls per phase and one call per server phase a step,
+    whatever K, also when a deadline drops clients (the server's phase then waits for the barrier)."""
     fed = {"num_clients": 12, "clients_per_round": 7, "rounds": 3, "batch_size": 8, "eval_every": 100}
     system = {"policy": policy}
-    if policy == "deadline":  # half the clients are 50x slower: they miss the deadline at the first barrier
+    if policy == "deadline":  # half the clients are 50x slower: the deadline drops some of them
         system |= {
             "compute_flops": {"kind": "constant", "value": 1e6},
             "straggler_fraction": 0.5,
             "straggler_slowdown": 50,
-            "deadline_s": 2.0,
+            "deadline_s": ROUTING[name][2],
         }
-    algorithms = [{"name": "hosfl", "perturbations": 4, "local_steps": 2}]
+    algorithms = [{"name": name, "perturbations": 4, "local_steps": 2}]
     sc = load_scenario(tiny_scenario(federation=fed, system=system, algorithms=algorithms))
     backend = CountingBackend(2, 1)
     (summary,) = Engine(sc, backend=backend, progress=False).run_all(tmp_path)
     steps = 3 * 2
-    assert backend.calls[("client", "anchors")] <= 2 * steps and backend.calls[("client", "probes")] <= 2 * steps
-    assert backend.calls[("server", "train_step")] == steps and backend.calls[("server", "update_client")] == steps
-    assert ("client", "anchor") not in backend.calls and ("client", "probe") not in backend.calls
+    client_phases, server_phases, _ = ROUTING[name]
+    for method in client_phases:
+        assert 0 < backend.calls[("client", method)] <= 2 * steps, method
+    for method in server_phases:
+        assert 0 < backend.calls[("server", method)] <= steps, method
+    if policy == "sync":
+        assert all(backend.calls[("server", m)] == steps for m in server_phases)
+    per_client = {("client", "anchor"), ("client", "probe")}
+    assert not per_client & set(backend.calls)
     # the engine's own per-round server work is one call (NaN/Inf check and snapshot together)
     assert backend.calls[("server", "end_round")] == 3 and ("server", "nonfinite") not in backend.calls
     clients = pd.read_parquet(summary.run_dir / "clients.parquet")

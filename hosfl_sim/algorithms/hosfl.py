@@ -35,6 +35,7 @@ from hosfl_sim.algorithms.base import (
     tensor,
 )
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all, make_plan, may_drop, planned, serve_each
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import ZOUpdater, make_optimizer
@@ -78,8 +79,7 @@ class HOSFLClient(ZOClient):
 
     def anchors(self, records: list, client_ids: list[int], rnd: int, step: int) -> tuple[list, list]:
         """`anchor` for each client of this worker, in order (the first one applies the missed records)."""
-        out = [self.anchor(records if i == 0 else [], c, rnd, step) for i, c in enumerate(client_ids)]
-        return [up for up, _ in out], [meta for _, meta in out]
+        return serve_each(self.anchor, records, client_ids, rnd, step)
 
     def probes(self, client_ids: list[int], seeds: np.ndarray, grads: list[np.ndarray]) -> tuple[list, list]:
         """`probe` for each client of this worker, in order, with its cut gradient."""
@@ -100,7 +100,7 @@ class HOSFLServer(ServerRole):
     def train_step(self, plan: list[tuple[int, int]], *groups: list[dict]) -> list:
         """First-order step on the activations `groups[g][j]` for (g, j) in `plan` (the kept clients, in
         client order); returns, per group, the cut gradients of its planned uploads, then the losses and FLOPs."""
-        uploads = [groups[g][j] for g, j in plan]
+        uploads = planned(plan, groups)
         self.optimizer.zero_grad(set_to_none=True)
         grads, losses, flops = [], [], 0
         for up in uploads:
@@ -189,7 +189,7 @@ class HOSFL(SeedBasedAlgorithm):
                 return active
         kept = by_worker(active, worker)
         uploads = [anchor[w][0] for w in groups]
-        out = backend.server("train_step", plan(active, groups), *uploads, num_returns=len(groups) + 1)
+        out = backend.server("train_step", make_plan(active, groups), *uploads, num_returns=len(groups) + 1)
         grads = dict(zip(groups, out))
         probe = {w: backend.client(w, "probes", cs, seeds, grads[w], num_returns=2) for w, cs in kept.items()}
         if not drop_before_step:  # the whole step is submitted: now the accounting, in message order
@@ -229,32 +229,3 @@ class HOSFL(SeedBasedAlgorithm):
         self.log.append(seeds, v_bar)
         self.log.mark_seen(np.array(active))
         return active
-
-
-def by_worker(active: list[int], worker: dict[int, int]) -> dict[int, list[int]]:
-    """{worker: its clients among `active`, in `active`'s order}, workers in increasing order."""
-    groups: dict[int, list[int]] = {w: [] for w in sorted({worker[c] for c in active})}
-    for c in active:
-        groups[worker[c]].append(c)
-    return groups
-
-
-def plan(active: list[int], groups: dict[int, list[int]]) -> list[tuple[int, int]]:
-    """Where each client of `active` (in order) sits in the per-worker lists a server call receives, as
-    (group index, index in the group); `groups` is what the workers were sent, a superset of `active`."""
-    where = {c: (g, j) for g, cs in enumerate(groups.values()) for j, c in enumerate(cs)}
-    return [where[c] for c in active]
-
-
-def in_client_order(groups: dict[int, list[int]], per_worker: list[list]) -> dict:
-    """{client: value} from one list of values per worker (in `groups`' order)."""
-    return {c: v for cs, vs in zip(groups.values(), per_worker) for c, v in zip(cs, vs)}
-
-
-def may_drop(clock: Any) -> bool:
-    return clock is not None and clock.may_drop
-
-
-def keep_all(active: list[int], kept: list[int]) -> None:
-    if kept != active:  # may_drop said this barrier keeps everyone
-        raise RuntimeError(f"a barrier dropped {sorted(set(active) - set(kept))} where no client could be dropped")

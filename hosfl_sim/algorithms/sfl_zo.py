@@ -12,6 +12,8 @@ one shared client part (replayed from records when stale) and no weight vector m
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.func import functional_call
@@ -29,6 +31,7 @@ from hosfl_sim.algorithms.base import (
     to_tensors,
 )
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all, make_plan, may_drop, planned, serve_each
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturbed_copies
@@ -55,6 +58,10 @@ class SFLZOClient(ZOClient):
         }
         return upload, meta
 
+    def probes(self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray) -> tuple[list, list]:
+        """`probe` for each client of this worker, in order (the first one applies the missed records)."""
+        return serve_each(self.probe, records, client_ids, rnd, step, seeds)
+
 
 class SFLZOServer(ServerRole):
     def __init__(self, spec: TaskSpec):
@@ -66,8 +73,12 @@ class SFLZOServer(ServerRole):
         self.server_updater = ZOUpdater(self.params, cfg.server_optimizer, cfg.distribution)
 
     @torch.no_grad()
-    def differences(self, server_seeds: np.ndarray, *uploads: dict) -> tuple[list[np.ndarray], dict]:
+    def differences(
+        self, server_seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[dict]
+    ) -> tuple[list[np.ndarray], dict]:
+        """Each planned client's P loss differences (server half of each direction), in plan order."""
         cfg = self.spec.algorithm
+        uploads = planned(plan, groups)
         base = dict(zip(self.names, self.params))
         diffs, losses, flops = [], [], 0
         for up in uploads:
@@ -112,25 +123,33 @@ class SFLZO(SeedBasedAlgorithm):
         active, losses, samples = [int(c) for c in clients], [], 0
         for step in range(cfg.local_steps):
             seeds, active = self.open_step(rnd, step, active, ledger)
+            if not active:
+                break
             server_seeds = derive_seeds(self.seed, rnd, step, cfg.perturbations, stream=SERVER_STREAM)
+            groups = by_worker(active, worker)
             calls = {
-                c: backend.client(
-                    worker[c], "probe", self.log.for_worker(worker[c]), c, rnd, step, seeds, num_returns=2
-                )
-                for c in active
+                w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
+                for w, cs in groups.items()
             }
-            metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
+            uploads = [calls[w][0] for w in groups]
+            early = not may_drop(clock)
+            if early:  # nobody can be dropped: the server's work goes out with the probes
+                s_bar, smeta = self.server_step(backend, seeds, server_seeds, make_plan(active, groups), uploads)
+            metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
             for cid in active:
                 if clock is not None:
                     clock.client_compute(cid, metas[cid]["flops"])
                 ledger.charge("act_up", cid, metas[cid]["act_bytes"])
                 ledger.charge("labels_up", cid, metas[cid]["label_bytes"])
                 records[cid].compute_s += metas[cid]["compute_s"]
-            active = self.barrier(clock, active, backend, worker)
-            if not active:
-                break
-            diffs, smeta = backend.server("differences", server_seeds, *[calls[c][0] for c in active], num_returns=2)
-            s_bar, smeta = backend.get([backend.server("aggregate", seeds, server_seeds, diffs), smeta])
+            if early:
+                keep_all(active, self.barrier(clock, active, backend, worker))
+            else:
+                active = self.barrier(clock, active, backend, worker)
+                if not active:
+                    break
+                s_bar, smeta = self.server_step(backend, seeds, server_seeds, make_plan(active, groups), uploads)
+            s_bar, smeta = backend.get([s_bar, smeta])
             if clock is not None:
                 clock.server_batch(active, smeta["flops"])
             for cid in active:
@@ -143,3 +162,11 @@ class SFLZO(SeedBasedAlgorithm):
             self.log.append(seeds, s_bar)
             self.log.mark_seen(np.array(active))
         return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+
+    @staticmethod
+    def server_step(
+        backend: Backend, seeds: np.ndarray, server_seeds: np.ndarray, plan: list[tuple[int, int]], uploads: list
+    ) -> tuple[Any, Any]:
+        """The server's loss differences on the planned uploads, then the aggregate: (s_bar, meta) futures."""
+        diffs, smeta = backend.server("differences", server_seeds, plan, *uploads, num_returns=2)
+        return backend.server("aggregate", seeds, server_seeds, diffs), smeta

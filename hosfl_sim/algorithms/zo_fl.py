@@ -41,6 +41,7 @@ from hosfl_sim.algorithms.base import (
 )
 from hosfl_sim.algorithms.fedavg import whole_model_flops
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all, make_plan, may_drop, planned, serve_each
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.models import JoinedModel
@@ -91,6 +92,10 @@ class ZOFLClient(ClientRole):
         meta = {"loss": float(np.mean(losses)), "samples": len(labels), "compute_s": t.seconds}
         return s, {**meta, "flops": 2 * len(seeds) * whole_model_flops(self, x)}
 
+    def probes(self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray) -> tuple[list, list]:
+        """`probe` for each client of this worker, in order (the first one applies the missed records)."""
+        return serve_each(self.probe, records, client_ids, rnd, step, seeds)
+
 
 class ZOFLServer(ServerRole):
     """Averages the scalars and keeps its own replica of the whole model (for evaluation)."""
@@ -102,8 +107,9 @@ class ZOFLServer(ServerRole):
         _, params = prepare_zo_module(self.model)
         self.updater = ZOUpdater(params, cfg.client_optimizer, cfg.distribution)
 
-    def aggregate(self, seeds: np.ndarray, *scalars: np.ndarray) -> np.ndarray:
-        s_bar = mean_scalars(scalars)
+    def aggregate(self, seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[np.ndarray]) -> np.ndarray:
+        """Average the planned clients' scalars (in plan order) and step this replica."""
+        s_bar = mean_scalars(planned(plan, groups))
         self.updater.apply(seeds, s_bar, self.spec.algorithm.mu)
         return s_bar
 
@@ -125,23 +131,32 @@ class ZOFL(SeedBasedAlgorithm):
         active, losses, samples = [int(c) for c in clients], [], 0
         for step in range(cfg.local_steps):
             seeds, active = self.open_step(rnd, step, active, ledger)
+            if not active:
+                break
+            groups = by_worker(active, worker)
             calls = {
-                c: backend.client(
-                    worker[c], "probe", self.log.for_worker(worker[c]), c, rnd, step, seeds, num_returns=2
-                )
-                for c in active
+                w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
+                for w, cs in groups.items()
             }
-            metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
+            scalars = [calls[w][0] for w in groups]
+            early = not may_drop(clock)
+            if early:  # nobody can be dropped: the aggregate goes out with the probes
+                s_bar = backend.server("aggregate", seeds, make_plan(active, groups), *scalars)
+            metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
             for cid in active:
                 m = metas[cid]
                 if clock is not None:
                     clock.client_compute(cid, m["flops"])
                 ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 s in R^P
                 records[cid].compute_s += m["compute_s"]
-            active = self.barrier(clock, active, backend, worker)
-            if not active:
-                break
-            s_bar = backend.get(backend.server("aggregate", seeds, *[calls[c][0] for c in active]))
+            if early:
+                keep_all(active, self.barrier(clock, active, backend, worker))
+            else:
+                active = self.barrier(clock, active, backend, worker)
+                if not active:
+                    break
+                s_bar = backend.server("aggregate", seeds, make_plan(active, groups), *scalars)
+            s_bar = backend.get(s_bar)
             for cid in active:
                 m, r = metas[cid], records[cid]
                 ledger.charge("scalar_down", cid, s_bar)
