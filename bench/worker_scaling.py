@@ -2,16 +2,17 @@
 
 The machine has 2 cores shared with other jobs, so W = 1 and W = 2 run side by side in one Ray instance,
 alternating run by run; each rate is the median over all their rounds. HO-SFL, K = 10, P = 5, batch 32:
-- "client-heavy": the CNN cut after block2 on 1x32x32 images (synthetic): ~89% of a round's compute is
-  the clients' (measured on the LocalBackend), so 2 workers can at best give 1 / (0.11 + 0.89 / 2) = 1.8x
-  while the server's step (all K backward passes) stays between the anchors and the probes;
-- "quickstart": the CNN cut after block1 on 8x8 digits: ~58% client work, at best 1.4x that way.
+- "client-heavy": the CNN cut after block2 on 1x32x32 images (synthetic);
+- "quickstart": the CNN cut after block1 on 8x8 digits.
+Each first measures in process the clients' share of a round's compute and the 2-worker speed-up it
+allows at most (Amdahl: the server's step, all K backward passes between the anchors and the probes,
+does not split across workers; about 80% and 1.65x client-heavy, 46% and 1.30x quickstart).
 Each also runs the two routings of bench/proposals.py (which must record hosfl's losses):
 `hosfl_per_client` (one actor call per client per phase: HOSFL's routing before it grouped its calls by
-worker) and `hosfl_pipelined` (the server's backward per
-client as its activation arrives, so probes start while the server works). Also checked: actors start
-once per backend (not per run, not per round): their pids stay the same across runs and across the runs
-of Engine.run_all, and a run's first round costs about what the others do.
+worker) and `hosfl_pipelined` (the server's backward per client as its activation arrives, so probes
+start while the server works). Also checked: actors start once per backend (not per run, not per
+round): their pids stay the same across runs and across the runs of Engine.run_all, and a run's first
+round costs about what the others do.
 
     python -m bench.worker_scaling [--quick]
 """
@@ -107,6 +108,26 @@ def scaling(task: dict, rounds: int, reps: int, out: Path) -> tuple[dict, dict]:
     return rates, facts
 
 
+def amdahl_bound(task: dict, rounds: int, out: Path) -> tuple[float, float]:
+    """(client share of a round's compute, the best 2-worker speed-up it allows), measured in process: the
+    clients' anchors and probes split across workers, the server's step does not."""
+    from hosfl_sim.algorithms.hosfl import HOSFLClient, HOSFLServer
+    from hosfl_sim.config import load_scenario
+    from hosfl_sim.runtime import Engine
+    from hosfl_sim.runtime.local import LocalBackend
+
+    sc = load_scenario(scenario(task, 1, rounds))
+    with (
+        timed_method(HOSFLClient, "anchors") as anchors,
+        timed_method(HOSFLClient, "probes") as probes,
+        timed_method(HOSFLServer, "train_step") as steps,
+    ):
+        Engine(sc, backend=LocalBackend(1, 1), progress=False).run_one(0, 0, out / "amdahl")
+    client = float(np.median(anchors[SKIP:]) + np.median(probes[SKIP:]))
+    share = client / (client + float(np.median(steps[SKIP:])))
+    return share, 1.0 / ((1.0 - share) + share / 2)
+
+
 def run_all_reuse(out: Path) -> tuple[bool, int, float]:
     """Engine.run_all over 2 seeds x 2 algorithms on one backend: (same actor pids throughout, runs, setup s)."""
     from hosfl_sim.config import load_scenario
@@ -142,6 +163,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.configs:
+                share, bound = amdahl_bound(CONFIGS[name], rounds, Path(tmp) / name.replace(" ", "_"))
+                print(f"  {name}: clients do {100 * share:.0f}% of a round's compute: 2 workers give <= {bound:.2f}x")
                 rates, facts = scaling(CONFIGS[name], rounds, reps, Path(tmp) / name.replace(" ", "_"))
                 for variant, (r1, r2) in rates.items():
                     detail = f"{r1:.2f} vs {r2:.2f} rounds/s"
