@@ -3,10 +3,12 @@
 The machine has 2 cores shared with other jobs, so W = 1 and W = 2 run side by side in one Ray instance,
 alternating run by run; each rate is the median over all their rounds. HO-SFL, K = 10, P = 5, batch 32:
 - "client-heavy": the CNN cut after block2 on 1x32x32 images (synthetic);
-- "quickstart": the CNN cut after block1 on 8x8 digits.
+- "quickstart": the CNN cut after block1 on 8x8 digits;
+- "client-heavy, P = 10": the first task at the reference code's default P, so more of a round is probes.
 Each first measures in process the clients' share of a round's compute and the 2-worker speed-up it
 allows at most (Amdahl: the server's step, all K backward passes between the anchors and the probes,
-does not split across workers; about 80% and 1.65x client-heavy, 46% and 1.30x quickstart).
+does not split across workers; about 80% and 1.65x client-heavy, 88% and 1.78x at P = 10, 46% and
+1.30x quickstart).
 Each also runs the two routings of bench/proposals.py (which must record hosfl's losses):
 `hosfl_per_client` (one actor call per client per phase: HOSFL's routing before it grouped its calls by
 worker) and `hosfl_pipelined` (the server's backward per client as its activation arrives, so probes
@@ -43,13 +45,18 @@ CONFIGS = {
         "model": {"name": "cnn", "cut": "block1", "width": 16},
     },
 }
+CLIENT_HEAVY_P10 = "client-heavy cnn block2 1x32x32, P = 10"  # the same task at the reference code's default P
+CONFIGS[CLIENT_HEAVY_P10] = CONFIGS["client-heavy cnn block2 1x32x32"]
+PERTURBATIONS = {CLIENT_HEAVY_P10: 10}  # P of each configuration (5, the paper's, unless named here)
 
 
-def scenario(task: dict, workers: int, rounds: int, algorithm: str = "hosfl", seeds: list[int] | None = None) -> dict:
+def scenario(
+    task: dict, workers: int, rounds: int, algorithm: str = "hosfl", seeds: list[int] | None = None, p: int = 5
+) -> dict:
     return {
         "name": "scaling",
         "task": task,
-        "algorithms": [{"name": algorithm, "perturbations": 5, "mu": 0.001}],
+        "algorithms": [{"name": algorithm, "perturbations": p, "mu": 0.001}],
         "federation": {
             "num_clients": 50,
             "clients_per_round": 10,
@@ -68,7 +75,7 @@ def pids(backend) -> list[int]:
     return ray.get([a.pid.remote() for a in [*backend.workers, backend.server_actor]])
 
 
-def scaling(task: dict, rounds: int, reps: int, out: Path) -> tuple[dict, dict]:
+def scaling(task: dict, rounds: int, reps: int, out: Path, p: int = 5) -> tuple[dict, dict]:
     """({variant: (median rounds/s with 1 worker, with 2)}, facts on start-up, reuse and equal losses)."""
     from hosfl_sim.config import load_scenario
     from hosfl_sim.runtime import Engine
@@ -77,7 +84,7 @@ def scaling(task: dict, rounds: int, reps: int, out: Path) -> tuple[dict, dict]:
     backends, started = {}, {}
     for w in (1, 2):
         t0 = time.perf_counter()
-        backends[w] = RayBackend(load_scenario(scenario(task, w, rounds)).runtime)
+        backends[w] = RayBackend(load_scenario(scenario(task, w, rounds, p=p)).runtime)
         started[w] = (pids(backends[w]), time.perf_counter() - t0)  # pids() waits for the actors to be up
     times: dict[tuple[str, int], list[np.ndarray]] = {}
     firsts, losses = [], {}
@@ -85,7 +92,7 @@ def scaling(task: dict, rounds: int, reps: int, out: Path) -> tuple[dict, dict]:
         for r in range(reps):
             for variant in VARIANTS:
                 for w in (1, 2):
-                    sc = load_scenario(scenario(task, w, rounds, variant))
+                    sc = load_scenario(scenario(task, w, rounds, variant, p=p))
                     summary = Engine(sc, backend=backends[w], progress=False).run_one(0, 0, out / f"{variant}{w}_{r}")
                     times.setdefault((variant, w), []).append(round_seconds(summary.run_dir, SKIP))
                     rows = pd.read_parquet(summary.run_dir / "rounds.parquet")
@@ -108,7 +115,7 @@ def scaling(task: dict, rounds: int, reps: int, out: Path) -> tuple[dict, dict]:
     return rates, facts
 
 
-def amdahl_bound(task: dict, rounds: int, out: Path) -> tuple[float, float]:
+def amdahl_bound(task: dict, rounds: int, out: Path, p: int = 5) -> tuple[float, float]:
     """(client share of a round's compute, the best 2-worker speed-up it allows), measured in process: the
     clients' anchors and probes split across workers, the server's step does not."""
     from hosfl_sim.algorithms.hosfl import HOSFLClient, HOSFLServer
@@ -116,7 +123,7 @@ def amdahl_bound(task: dict, rounds: int, out: Path) -> tuple[float, float]:
     from hosfl_sim.runtime import Engine
     from hosfl_sim.runtime.local import LocalBackend
 
-    sc = load_scenario(scenario(task, 1, rounds))
+    sc = load_scenario(scenario(task, 1, rounds, p=p))
     with (
         timed_method(HOSFLClient, "anchors") as anchors,
         timed_method(HOSFLClient, "probes") as probes,
@@ -159,13 +166,14 @@ def main() -> None:
     register()
     # One instance for both pools: logical CPUs for 1 + 2 workers and 2 servers (the machine has what it has).
     init_ray(RuntimeConfig(num_workers=5))
-    print(f"# worker scaling, {machine()}; K = 10, P = 5, batch 32, {rounds} rounds x {reps} per (variant, W)")
+    print(f"# worker scaling, {machine()}; K = 10, P = 5 unless named, batch 32, {rounds} rounds x {reps} per run")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.configs:
-                share, bound = amdahl_bound(CONFIGS[name], rounds, Path(tmp) / name.replace(" ", "_"))
+                p, out = PERTURBATIONS.get(name, 5), Path(tmp) / name.replace(" ", "_").replace(",", "")
+                share, bound = amdahl_bound(CONFIGS[name], rounds, out, p)
                 print(f"  {name}: clients do {100 * share:.0f}% of a round's compute: 2 workers give <= {bound:.2f}x")
-                rates, facts = scaling(CONFIGS[name], rounds, reps, Path(tmp) / name.replace(" ", "_"))
+                rates, facts = scaling(CONFIGS[name], rounds, reps, out, p)
                 for variant, (r1, r2) in rates.items():
                     detail = f"{r1:.2f} vs {r2:.2f} rounds/s"
                     ok = r2 / r1 >= 1.6
