@@ -229,6 +229,23 @@ def test_a_huge_learning_rate_stops_the_run_as_diverged_and_keeps_its_log(tmp_pa
     assert np.isfinite(last["train_loss"])  # only the parameter check saw it
 
 
+def test_a_deferred_nan_check_stops_at_the_same_round_as_an_immediate_one(tmp_path):
+    """The server's NaN/Inf check is read a round late except at checkpoints and the last round; with a
+    checkpoint every round (every check immediate) the run stops at the same round with the same log."""
+    algos = [{"name": "hosfl", "label": "params", "client_optimizer": {"name": "sgd", "lr": 1e38}}]
+    fed = {"num_clients": 8, "clients_per_round": 3, "rounds": 30}
+    logs = {}
+    for every in (0, 1):
+        sc = tiny_scenario(algorithms=algos, federation=fed, runtime={"backend": "local", "checkpoint_every": every})
+        (s,) = Engine(load_scenario(sc), progress=False).run_all(tmp_path / str(every))
+        manifest = read_manifest(s.run_dir)
+        rounds = pd.read_parquet(s.run_dir / "rounds.parquet")
+        assert s.status == "diverged" and manifest["diverged_round"] == s.rounds == rounds["round"].max() < 30
+        logs[every] = (manifest["diverged_reason"], rounds.drop(columns=[c for c in WALL if c in rounds]))
+    assert logs[0][0] == logs[1][0] and "server's client." in logs[0][0]
+    pd.testing.assert_frame_equal(logs[0][1], logs[1][1], check_exact=True)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

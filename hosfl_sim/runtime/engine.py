@@ -403,6 +403,8 @@ class Engine:
         if getattr(self.backend, "can_lose_workers", False):
             self.backend.get(self.backend.server("snapshot"))  # the first round's start (later: see _run_round)
         self._round_end: Any = _NONE_PENDING  # the pending end_round call of the round just run
+        self._deferred: Any = _NONE_PENDING  # the previous round's end_round, when not waited for
+        self._may_defer = False
         ledger = run.ledger
         bar = tqdm(
             total=fed.rounds,
@@ -421,7 +423,17 @@ class Engine:
                 return RoundClock(live, profiles, system, availability.fails_mid_round(rnd, live), quota)
 
             measuring = rt.memory_every > 0 and rnd % rt.memory_every == 0
-            result, clock, failed, memory = self._run_round(algorithm, rnd, clients, ledger, clock_for, measuring)
+            try:
+                result, clock, failed, memory = self._run_round(algorithm, rnd, clients, ledger, clock_for, measuring)
+                late = self._late_divergence()
+            except Exception:
+                late = self._late_divergence()  # NaN/Inf left by the round before may be why this one failed
+                if late is None:
+                    raise
+            if late is not None:  # the round before left NaN/Inf in the server: it diverged; this one is dropped
+                status, rnd = "diverged", rnd - 1
+                self._diverged(recorder, algorithm, seed, rnd, late)
+                break
             run.samples_seen += result.samples
             duration = clock.duration() if len(clients) > len(failed) else 0.0
             run.sim_time += duration
@@ -454,15 +466,21 @@ class Engine:
             acc = row["test_acc"]
             bar.set_postfix(loss=f"{result.train_loss:.3f}", acc="-" if acc is None else f"{100 * acc:.1f}%")
             bar.update(1)
+            checkpoint_due = bool(rt.checkpoint_every and rnd % rt.checkpoint_every == 0)
+            self._may_defer = not (last or checkpoint_due)
             reason = self._divergence(result, row, completed)
             if reason is not None:
                 status = "diverged"
-                log.warning("%s seed %d diverged at round %d: %s", algorithm.cfg.display_name, seed, rnd, reason)
-                recorder.manifest.update(diverged_round=rnd, diverged_reason=reason)
+                self._diverged(recorder, algorithm, seed, rnd, reason)
                 break
             if last:
                 break
-            if (rt.checkpoint_every and rnd % rt.checkpoint_every == 0) or self.stop_requested:
+            if checkpoint_due or self.stop_requested:
+                reason = self._late_divergence()  # a checkpoint must not hold NaN/Inf state
+                if reason is not None:
+                    status = "diverged"
+                    self._diverged(recorder, algorithm, seed, rnd, reason)
+                    break
                 self._checkpoint(recorder, algorithm, index, seed, rnd, run)
             if self.stop_requested:
                 status = "interrupted"
@@ -472,15 +490,29 @@ class Engine:
 
     def _divergence(self, result: RoundResult, row: dict, completed: int) -> str | None:
         """Why the run has diverged, or None: a non-finite loss, or a NaN/Inf anywhere in the server's tensors
-        (its copy of the client part included, so a bad aggregate of scalars shows too), as the round ended."""
-        pending, self._round_end = self._round_end, _NONE_PENDING
-        # (on the local backend the pending call is its result already, None when all is finite)
-        bad = self.backend.get(self.backend.server("nonfinite") if pending is _NONE_PENDING else pending)
+        (its copy of the client part included, so a bad aggregate of scalars shows too), as the round ended.
+
+        The server's answer takes a round trip, so unless this is the run's last round or a checkpoint's, it is
+        read after the next round has run (`_late_divergence`, by then without waiting): if it was bad, the
+        run stops as diverged at this round and the next one is dropped unlogged, as if it had stopped here."""
         if completed and not math.isfinite(result.train_loss):
             return f"train_loss is {result.train_loss}"
         if row["test_loss"] is not None and not math.isfinite(row["test_loss"]):
             return f"test_loss is {row['test_loss']}"
+        self._deferred, self._round_end = self._round_end, _NONE_PENDING
+        return None if self._may_defer else self._late_divergence()
+
+    def _late_divergence(self) -> str | None:
+        """The server's NaN/Inf check of the round `_divergence` deferred (None: none pending, or all finite)."""
+        pending, self._deferred = self._deferred, _NONE_PENDING
+        if pending is _NONE_PENDING:
+            return None
+        bad = self.backend.get(pending)  # on the local backend, the result itself
         return None if bad is None else f"NaN or Inf in the server's {bad}"
+
+    def _diverged(self, recorder: Recorder, algorithm: Any, seed: int, rnd: int, reason: str) -> None:
+        log.warning("%s seed %d diverged at round %d: %s", algorithm.cfg.display_name, seed, rnd, reason)
+        recorder.manifest.update(diverged_round=rnd, diverged_reason=reason)
 
     def _checkpoint(self, recorder: Recorder, algorithm: Any, index: int, seed: int, rnd: int, run: _Progress) -> None:
         state = {
