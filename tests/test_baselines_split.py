@@ -13,7 +13,7 @@ from hosfl_sim.algorithms import ALGORITHMS
 from hosfl_sim.algorithms.base import sample_batch
 from hosfl_sim.algorithms.fsl_sage import FSLSAGE, aux_flops, estimated_grad
 from hosfl_sim.algorithms.mu_splitfed import MUSplitFed
-from hosfl_sim.algorithms.splitfed_v1 import average_into
+from hosfl_sim.algorithms.sfl import average_into
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import load_scenario
 from hosfl_sim.runtime import Engine

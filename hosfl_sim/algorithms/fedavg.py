@@ -33,7 +33,7 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import load_numpy, shared_state, to_numpy
+from hosfl_sim.algorithms.sfl import average_into, load_numpy, shared_state, to_numpy
 from hosfl_sim.comm import Ledger
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import make_optimizer
@@ -92,9 +92,7 @@ class FedAvgServer(ServerRole):
         return state, nbytes(state)
 
     def fedavg(self, weights: np.ndarray, *states: dict[str, np.ndarray]) -> None:
-        w = np.asarray(weights, np.float64) / np.sum(weights)
-        avg = {k: sum(wi * s[k].astype(np.float64) for wi, s in zip(w, states)) for k in states[0]}
-        load_numpy(self.model, {k: v.astype(states[0][k].dtype) for k, v in avg.items()})
+        average_into(self.model, list(states), weights)
 
 
 class FedAvg(Algorithm):

@@ -49,8 +49,7 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
-from hosfl_sim.algorithms.splitfed_v1 import average_into
+from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, load_numpy, to_numpy
 from hosfl_sim.comm import Ledger
 
 AUX_SEED_TAG = 17  # mixed with the run seed to initialise the aux head

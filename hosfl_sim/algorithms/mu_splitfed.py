@@ -51,8 +51,8 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import load_numpy, to_numpy
-from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK, average_into
+from hosfl_sim.algorithms.sfl import average_into, load_numpy, to_numpy
+from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import AlgorithmConfig, OptimizerConfig

@@ -52,6 +52,23 @@ def load_numpy(module: nn.Module, state: dict[str, np.ndarray]) -> None:
             own[k].copy_(tensor(v, own[k].device))
 
 
+def average_into(
+    module: nn.Module, states: list[dict[str, np.ndarray]], weights: np.ndarray, global_lr: float = 1.0
+) -> None:
+    """theta <- theta + global_lr * (sum_k w_k theta_k / sum_k w_k - theta) for the keys of `states`, in float64.
+    With global_lr = 1 this is FedAvg: the weighted mean replaces theta."""
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    own = module.state_dict()
+    out = {}
+    for key in states[0]:
+        mean = sum(wi * s[key].astype(np.float64) for wi, s in zip(w, states))
+        if global_lr != 1.0:
+            old = own[key].detach().cpu().numpy().astype(np.float64)
+            mean = old + global_lr * (mean - old)
+        out[key] = mean.astype(states[0][key].dtype)
+    load_numpy(module, out)
+
+
 class SFLClient(ClientRole):
     """Holds one local copy of the client part per virtual client in flight this round."""
 
@@ -122,9 +139,7 @@ class SFLServer(ServerRole):
         return a.grad.cpu().numpy(), {"loss": loss.item(), "flops": flops}
 
     def fedavg(self, weights: np.ndarray, *states: dict[str, np.ndarray]) -> None:
-        w = np.asarray(weights, np.float64) / np.sum(weights)
-        avg = {k: sum(wi * s[k].astype(np.float64) for wi, s in zip(w, states)) for k in states[0]}
-        load_numpy(self.client, {k: v.astype(states[0][k].dtype) for k, v in avg.items()})
+        average_into(self.client, list(states), weights)
 
 
 class SFL(Algorithm):

@@ -44,28 +44,11 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, shared_state, to_numpy
+from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, shared_state, to_numpy
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import make_optimizer
 
 SERVER_LINK = -1  # ledger id of the main-server <-> fed-server link: in the run totals, on no client's link
-
-
-def average_into(
-    module: nn.Module, states: list[dict[str, np.ndarray]], weights: np.ndarray, global_lr: float = 1.0
-) -> None:
-    """theta <- theta + global_lr * (sum_k w_k theta_k / sum_k w_k - theta) for the keys of `states`, in float64.
-    With global_lr = 1 this is FedAvg: the weighted mean replaces theta."""
-    w = np.asarray(weights, np.float64) / np.sum(weights)
-    own = module.state_dict()
-    out = {}
-    for key in states[0]:
-        mean = sum(wi * s[key].astype(np.float64) for wi, s in zip(w, states))
-        if global_lr != 1.0:
-            old = own[key].detach().cpu().numpy().astype(np.float64)
-            mean = old + global_lr * (mean - old)
-        out[key] = mean.astype(states[0][key].dtype)
-    load_numpy(module, out)
 
 
 class SplitFedV1Server(SFLServer):
