@@ -51,8 +51,8 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import average_into, load_numpy, to_numpy
-from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK
+from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, to_numpy
+from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK, begin_copies_round
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import AlgorithmConfig, OptimizerConfig
@@ -208,16 +208,7 @@ class MUSplitFed(Algorithm):
         clock = ledger.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active = [int(c) for c in clients]
-        global_state, size = backend.server("global_client", num_returns=2)
-        client_bytes, server_bytes = backend.get([size, backend.server("begin_copies", *active)])
-        for cid in active:
-            ledger.charge("model_down", cid, client_bytes)
-            ledger.charge("model_down", SERVER_LINK, server_bytes)
-        if clock is not None:
-            active = clock.drop_failed(active)
-        for cid in active:
-            backend.client(worker[cid], "begin", cid, global_state)
+        active, client_bytes, server_bytes = begin_copies_round(clients, worker, backend, ledger)
         steps = []
         for step in range(self.cfg.local_steps):
             for cid in active:
@@ -227,25 +218,9 @@ class MUSplitFed(Algorithm):
         uploads = {c: backend.client(worker[c], "upload", c) for c in active}
         metas = backend.get([[m, s, u] for _, m, s, u in steps])
         rows = [(cid, m, s, u) for (cid, *_), (m, s, u) in zip(steps, metas)]
-        losses = []  # (client, loss) in step order
-        per_step = max(len(active), 1)
-        for first in range(0, len(rows), per_step):  # one local step of every client
-            batch = rows[first : first + per_step]
-            for cid, m, _, _ in batch:
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-            if clock is not None:  # one main server holds every copy: requests in arrival order
-                for cid, _, s, _ in sorted(batch, key=lambda x: clock.record(x[0]).t):
-                    clock.server_compute(cid, s["flops"])
-            for cid, m, s, u in batch:
-                ledger.charge("scalar_down", cid, s["scalar_bytes"])
-                r = records[cid]
-                r.compute_s += m["compute_s"] + u["compute_s"]
-                r.samples += m["samples"]
-                r.train_loss = s["loss"]
-                losses.append((cid, s["loss"]))
+        losses = charge_split_steps(
+            rows, len(active), clock, ledger, records, "scalar_down", lambda _, srv: srv["scalar_bytes"], backward=False
+        )
         for cid in active:
             ledger.charge("model_up", cid, client_bytes)
         kept = self.barrier(clock, active, backend, worker)

@@ -10,6 +10,8 @@ and finally uploads its client part; the server averages them weighted by partit
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +69,45 @@ def average_into(
             mean = old + global_lr * (mean - old)
         out[key] = mean.astype(states[0][key].dtype)
     load_numpy(module, out)
+
+
+def charge_split_steps(
+    rows: list[tuple[int, dict, dict, dict]],
+    per_step: int,
+    clock: Any,
+    ledger: Ledger,
+    records: dict[int, ClientRecord],
+    down: str,
+    down_bytes: Callable[[dict, dict], int],
+    backward: bool,
+) -> list[tuple[int, float]]:
+    """The ledger and clock of split clients served by one main server, message by message.
+
+    `rows` are (client, its forward's meta, the server's meta, its follow-up's meta) in submission order: one
+    local step of all `per_step` clients, then the next. Per step: each client's forward and upload; the
+    server's work in arrival order (one server, one queue); the reply (`down`, `down_bytes(meta, server meta)`
+    bytes) and, with `backward`, the client's backward (~2x its forward). Returns (client, loss) per row."""
+    losses = []
+    for first in range(0, len(rows), max(per_step, 1)):
+        batch = rows[first : first + per_step]
+        for cid, m, _, _ in batch:
+            if clock is not None:
+                clock.client_compute(cid, m["flops"])
+            ledger.charge("act_up", cid, m["act_bytes"])
+            ledger.charge("labels_up", cid, m["label_bytes"])
+        if clock is not None:
+            for cid, _, srv, _ in sorted(batch, key=lambda row: clock.record(row[0]).t):
+                clock.server_compute(cid, srv["flops"])
+        for cid, m, srv, after in batch:
+            ledger.charge(down, cid, down_bytes(m, srv))
+            if clock is not None and backward:
+                clock.client_compute(cid, 2 * m["flops"])
+            r = records[cid]
+            r.compute_s += m["compute_s"] + after["compute_s"]
+            r.samples += m["samples"]
+            r.train_loss = srv["loss"]
+            losses.append((cid, srv["loss"]))
+    return losses
 
 
 class SFLClient(ClientRole):
@@ -173,28 +214,12 @@ class SFL(Algorithm):
                 steps.append((cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)))
         uploads = {c: backend.client(worker[c], "upload", c) for c in active}
         metas = backend.get([[m, s, b] for _, m, s, b in steps])
-        losses, samples = [], 0
-        per_step = len(active)
-        for first in range(0, len(steps), max(per_step, 1)):  # one local step of every client
-            batch = list(zip(steps[first : first + per_step], metas[first : first + per_step]))
-            for (cid, *_), (m, _, _) in batch:
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-            if clock is not None:  # the one server model serves requests in arrival order
-                for (cid, *_), (_, s, _) in sorted(batch, key=lambda x: clock.record(x[0][0]).t):
-                    clock.server_compute(cid, s["flops"])
-            for (cid, *_), (m, s, b) in batch:
-                ledger.charge("grad_down", cid, m["grad_bytes"])
-                if clock is not None:
-                    clock.client_compute(cid, 2 * m["flops"])  # backward ~ 2x forward
-                r = records[cid]
-                r.compute_s += m["compute_s"] + b["compute_s"]
-                r.samples += m["samples"]
-                r.train_loss = s["loss"]
-                samples += m["samples"]
-                losses.append(s["loss"])
+        rows = [(cid, m, s, b) for (cid, *_), (m, s, b) in zip(steps, metas)]
+        step_losses = charge_split_steps(
+            rows, len(active), clock, ledger, records, "grad_down", lambda m, _: m["grad_bytes"], backward=True
+        )
+        losses = [loss for _, loss in step_losses]
+        samples = sum(records[c].samples for c in active)
         for cid in active:
             ledger.charge("model_up", cid, weight_bytes)
         kept = self.barrier(clock, active, backend, worker)

@@ -44,11 +44,30 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, shared_state, to_numpy
+from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, charge_split_steps, shared_state, to_numpy
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import make_optimizer
 
 SERVER_LINK = -1  # ledger id of the main-server <-> fed-server link: in the run totals, on no client's link
+
+
+def begin_copies_round(
+    clients: np.ndarray, worker: dict[int, int], backend: Backend, ledger: Ledger
+) -> tuple[list[int], int, int]:
+    """A round of a server with one copy per client: the copies made, the global client part sent down (and each
+    copy charged on the server link), clients that fail mid-round dropped, the rest begun.
+    Returns (the clients that go on, client part bytes, server copy bytes)."""
+    active = [int(c) for c in clients]
+    global_state, size = backend.server("global_client", num_returns=2)
+    client_bytes, server_bytes = backend.get([size, backend.server("begin_copies", *active)])
+    for cid in active:
+        ledger.charge("model_down", cid, client_bytes)
+        ledger.charge("model_down", SERVER_LINK, server_bytes)
+    if ledger.clock is not None:
+        active = ledger.clock.drop_failed(active)
+    for cid in active:
+        backend.client(worker[cid], "begin", cid, global_state)
+    return active, client_bytes, server_bytes
 
 
 class SplitFedV1Server(SFLServer):
@@ -105,16 +124,7 @@ class SplitFedV1(Algorithm):
         clock = ledger.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active = [int(c) for c in clients]
-        global_state, size = backend.server("global_client", num_returns=2)
-        client_bytes, server_bytes = backend.get([size, backend.server("begin_copies", *active)])
-        for cid in active:
-            ledger.charge("model_down", cid, client_bytes)
-            ledger.charge("model_down", SERVER_LINK, server_bytes)
-        if clock is not None:
-            active = clock.drop_failed(active)
-        for cid in active:
-            backend.client(worker[cid], "begin", cid, global_state)
+        active, client_bytes, server_bytes = begin_copies_round(clients, worker, backend, ledger)
         steps = []
         for step in range(self.cfg.local_steps):
             for cid in active:
@@ -124,27 +134,9 @@ class SplitFedV1(Algorithm):
         uploads = {c: backend.client(worker[c], "upload", c) for c in active}
         metas = backend.get([[m, s, b] for _, m, s, b in steps])
         rows = [(cid, m, s, b) for (cid, *_), (m, s, b) in zip(steps, metas)]
-        losses = []  # (client, loss) in step order
-        per_step = max(len(active), 1)
-        for first in range(0, len(rows), per_step):  # one local step of every client
-            batch = rows[first : first + per_step]
-            for cid, m, _, _ in batch:
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-            if clock is not None:  # one main server holds every copy: requests in arrival order
-                for cid, _, s, _ in sorted(batch, key=lambda x: clock.record(x[0]).t):
-                    clock.server_compute(cid, s["flops"])
-            for cid, m, s, b in batch:
-                ledger.charge("grad_down", cid, s["grad_bytes"])
-                if clock is not None:
-                    clock.client_compute(cid, 2 * m["flops"])  # backward ~ 2x forward
-                r = records[cid]
-                r.compute_s += m["compute_s"] + b["compute_s"]
-                r.samples += m["samples"]
-                r.train_loss = s["loss"]
-                losses.append((cid, s["loss"]))
+        losses = charge_split_steps(
+            rows, len(active), clock, ledger, records, "grad_down", lambda _, srv: srv["grad_bytes"], backward=True
+        )
         for cid in active:
             ledger.charge("model_up", cid, client_bytes)
         kept = self.barrier(clock, active, backend, worker)
