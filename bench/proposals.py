@@ -40,13 +40,68 @@ class FlatServer(HOSFLServer):
         return v_bar
 
 
-class PerClientHOSFL(HOSFL):
+class ReferenceHOSFL(HOSFL):
+    """The accounting both routings share, message by message in HOSFL's order (sync policy only)."""
+
+    def charge_anchors(
+        self, active: list[int], metas: dict, worker: dict, records: dict, backend: Backend, ledger: Ledger
+    ) -> None:
+        clock = ledger.clock
+        for cid in active:
+            m = metas[cid]
+            if clock is not None:
+                clock.client_compute(cid, m["flops"])
+            ledger.charge("act_up", cid, m["act_bytes"])
+            ledger.charge("labels_up", cid, m["label_bytes"])
+            records[cid].compute_s += m["compute_s"]
+        _same(active, self.barrier(clock, active, backend, worker))
+
+    def finish_step(
+        self,
+        seeds: np.ndarray,
+        active: list[int],
+        metas: dict,
+        server_meta: object,
+        probes: dict,
+        worker: dict,
+        records: dict,
+        losses: list,
+        backend: Backend,
+        ledger: Ledger,
+    ) -> int:
+        """From the server's step to the log; returns the step's samples."""
+        cfg, clock = self.cfg, ledger.clock
+        server_meta, samples = backend.get(server_meta), 0
+        if clock is not None:
+            clock.server_batch(active, server_meta["flops"])
+        for cid, loss in zip(active, server_meta["losses"]):
+            ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
+            records[cid].train_loss = loss
+            records[cid].samples += metas[cid]["samples"]
+            samples += metas[cid]["samples"]
+        losses.extend(server_meta["losses"])
+        probe_metas = dict(zip(active, backend.get([probes[c][1] for c in active])))
+        for cid in active:
+            if clock is not None:
+                clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
+            ledger.charge("scalar_up", cid, 4 * cfg.perturbations)
+            records[cid].compute_s += probe_metas[cid]["compute_s"]
+        _same(active, self.barrier(clock, active, backend, worker))
+        v_bar = backend.get(backend.server("aggregate_flat", seeds, *[probes[c][0] for c in active]))
+        for cid in active:
+            ledger.charge("scalar_down", cid, v_bar)
+        self.log.append(seeds, v_bar)
+        self.log.mark_seen(np.array(active))
+        return samples
+
+
+class PerClientHOSFL(ReferenceHOSFL):
     name = "hosfl_per_client"
     summary = "HO-SFL with one actor call per client per phase (the routing HOSFL replaced; a benchmark reference)"
     server_role = FlatServer
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        cfg, clock = self.cfg, ledger.clock
+        cfg = self.cfg
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active, losses, samples = [int(c) for c in clients], [], 0
@@ -57,37 +112,10 @@ class PerClientHOSFL(HOSFL):
                 for c in active
             }
             metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
-            for cid in active:
-                m = metas[cid]
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-                records[cid].compute_s += m["compute_s"]
-            _same(active, self.barrier(clock, active, backend, worker))
+            self.charge_anchors(active, metas, worker, records, backend, ledger)
             out = backend.server("train_step_flat", *[calls[c][0] for c in active], num_returns=len(active) + 1)
             probes = {c: backend.client(worker[c], "probe", c, seeds, g, num_returns=2) for c, g in zip(active, out)}
-            server_meta = backend.get(out[-1])
-            if clock is not None:
-                clock.server_batch(active, server_meta["flops"])
-            for cid, loss in zip(active, server_meta["losses"]):
-                ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
-                records[cid].train_loss = loss
-                records[cid].samples += metas[cid]["samples"]
-                samples += metas[cid]["samples"]
-            losses.extend(server_meta["losses"])
-            probe_metas = dict(zip(active, backend.get([probes[c][1] for c in active])))
-            for cid in active:
-                if clock is not None:
-                    clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
-                ledger.charge("scalar_up", cid, 4 * cfg.perturbations)
-                records[cid].compute_s += probe_metas[cid]["compute_s"]
-            _same(active, self.barrier(clock, active, backend, worker))
-            v_bar = backend.get(backend.server("aggregate_flat", seeds, *[probes[c][0] for c in active]))
-            for cid in active:
-                ledger.charge("scalar_down", cid, v_bar)
-            self.log.append(seeds, v_bar)
-            self.log.mark_seen(np.array(active))
+            samples += self.finish_step(seeds, active, metas, out[-1], probes, worker, records, losses, backend, ledger)
         return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
 
 
@@ -123,13 +151,13 @@ class PipelinedServer(FlatServer):
         return out
 
 
-class PipelinedHOSFL(HOSFL):
+class PipelinedHOSFL(ReferenceHOSFL):
     name = "hosfl_pipelined"
     summary = "HO-SFL with the server step split per client (a benchmark of a proposed runtime change)"
     server_role = PipelinedServer
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        cfg, clock = self.cfg, ledger.clock
+        cfg = self.cfg
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active, losses, samples = [int(c) for c in clients], [], 0
@@ -143,35 +171,8 @@ class PipelinedHOSFL(HOSFL):
             probes = {c: backend.client(worker[c], "probe", c, seeds, grads[c], num_returns=2) for c in active}
             done = backend.server("step")
             metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
-            for cid in active:
-                m = metas[cid]
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-                records[cid].compute_s += m["compute_s"]
-            _same(active, self.barrier(clock, active, backend, worker))
-            server_meta = backend.get(done)
-            if clock is not None:
-                clock.server_batch(active, server_meta["flops"])
-            for cid, loss in zip(active, server_meta["losses"]):
-                ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
-                records[cid].train_loss = loss
-                records[cid].samples += metas[cid]["samples"]
-                samples += metas[cid]["samples"]
-            losses.extend(server_meta["losses"])
-            probe_metas = dict(zip(active, backend.get([probes[c][1] for c in active])))
-            for cid in active:
-                if clock is not None:
-                    clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
-                ledger.charge("scalar_up", cid, 4 * cfg.perturbations)
-                records[cid].compute_s += probe_metas[cid]["compute_s"]
-            _same(active, self.barrier(clock, active, backend, worker))
-            v_bar = backend.get(backend.server("aggregate_flat", seeds, *[probes[c][0] for c in active]))
-            for cid in active:
-                ledger.charge("scalar_down", cid, v_bar)
-            self.log.append(seeds, v_bar)
-            self.log.mark_seen(np.array(active))
+            self.charge_anchors(active, metas, worker, records, backend, ledger)
+            samples += self.finish_step(seeds, active, metas, done, probes, worker, records, losses, backend, ledger)
         return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
 
 
