@@ -57,13 +57,16 @@ class IdleClient(ClientRole):
         self.device = torch.device(spec.device)
 
 
-class CentralizedServer(ServerRole):
-    def __init__(self, spec: TaskSpec):
-        super().__init__(spec)
-        self.model = JoinedModel(self.split)  # the same modules as self.client / self.server
-        self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(params, spec.algorithm.server_optimizer)
+class GlobalBatchServer(ServerRole):
+    """A server that trains the joined model itself on the round's global mini-batches (`global_batch`)."""
+
+    def batch_step(self, x: dict[str, torch.Tensor], y: torch.Tensor, round_idx: int, index: int) -> float:
+        """One step on mini-batch `index` of the round; returns its loss."""
+        raise NotImplementedError
+
+    def forwards_per_step(self) -> float:
+        """A step's FLOPs in forwards of the joined model on its batch."""
+        raise NotImplementedError
 
     def train_round(self, round_idx: int, batch_sizes: list[int]) -> dict:
         with self.work(None) as t:
@@ -71,16 +74,30 @@ class CentralizedServer(ServerRole):
             for j, size in enumerate(batch_sizes):
                 feats, labels = global_batch(self.spec, round_idx, j, size)
                 x = to_tensors(feats, self.device)
-                logits = self.model(**x)  # (B, num_classes)
-                loss = self.loss(logits, tensor(labels, self.device))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                losses.append(loss.item())
+                losses.append(self.batch_step(x, tensor(labels, self.device), round_idx, j))
                 sizes.append(len(labels))
                 example[len(labels)] = x
-        flops = sum(3 * whole_model_flops(self, example[n]) for n in sizes)  # backward ~ 2x forward
+        flops = sum(self.forwards_per_step() * whole_model_flops(self, example[n]) for n in sizes)
         return {"loss": float(np.mean(losses)), "compute_s": t.seconds, "flops": flops}
+
+
+class CentralizedServer(GlobalBatchServer):
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.model = JoinedModel(self.split)  # the same modules as self.client / self.server
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, spec.algorithm.server_optimizer)
+
+    def batch_step(self, x: dict[str, torch.Tensor], y: torch.Tensor, round_idx: int, index: int) -> float:
+        loss = self.loss(self.model(**x), y)  # logits (B, num_classes)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def forwards_per_step(self) -> float:
+        return 3  # backward ~ 2x forward
 
 
 class Centralized(Algorithm):

@@ -18,16 +18,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.base import Algorithm, Backend, RoundResult, ServerRole, TaskSpec, tensor, to_tensors
-from hosfl_sim.algorithms.centralized import IdleClient, global_batch, round_batch_sizes
-from hosfl_sim.algorithms.fedavg import whole_model_flops
+from hosfl_sim.algorithms.base import TaskSpec
+from hosfl_sim.algorithms.centralized import Centralized, GlobalBatchServer
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
-from hosfl_sim.comm import Ledger
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturb_
 
 
-class MeZOServer(ServerRole):
+class MeZOServer(GlobalBatchServer):
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
         cfg = spec.algorithm
@@ -57,33 +55,17 @@ class MeZOServer(ServerRole):
         self.updater.apply(seeds, s, mu)
         return float(np.mean(losses))
 
-    def train_round(self, round_idx: int, batch_sizes: list[int]) -> dict:
-        P = self.spec.algorithm.perturbations
-        with self.work(None) as t:
-            losses, sizes, example = [], [], {}  # and one batch of each size, to count FLOPs on
-            for j, size in enumerate(batch_sizes):
-                feats, labels = global_batch(self.spec, round_idx, j, size)
-                seeds = derive_seeds(self.spec.seed, round_idx, j, P)
-                x = to_tensors(feats, self.device)
-                losses.append(self.step(x, tensor(labels, self.device), seeds))
-                sizes.append(len(labels))
-                example[len(labels)] = x
-        flops = sum(2 * P * whole_model_flops(self, example[n]) for n in sizes)
-        return {"loss": float(np.mean(losses)), "compute_s": t.seconds, "flops": flops}
+    def batch_step(self, x: dict[str, torch.Tensor], y: torch.Tensor, round_idx: int, index: int) -> float:
+        return self.step(x, y, derive_seeds(self.spec.seed, round_idx, index, self.spec.algorithm.perturbations))
+
+    def forwards_per_step(self) -> float:
+        return 2 * self.spec.algorithm.perturbations  # l+ and l- per direction; the update does no forward
 
 
-class MeZO(Algorithm):
+class MeZO(Centralized):  # the same round: the server trains on the round's global mini-batches
     name = "mezo"
     summary = (
         "MeZO: centralized zeroth-order (in-place +mu/-2mu/+mu probes, P directions) on the joined model, "
         "run on the server, nothing first-order; nothing crosses a network"
     )
-    client_role = IdleClient
     server_role = MeZOServer
-
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        sizes = round_batch_sizes(self, clients)
-        meta = backend.get(backend.server("train_round", rnd, sizes))
-        if ledger.clock is not None:
-            ledger.clock.server_only(meta["flops"])
-        return RoundResult(meta["loss"], sum(sizes), [])
