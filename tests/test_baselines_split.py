@@ -164,10 +164,10 @@ def test_average_into_is_fedavg_or_a_global_step():
     assert np.allclose(module.weight.detach().numpy(), [[1.65, 3.7]])
 
 
-def test_mu_splitfed_client_step_follows_the_directional_derivative():
-    """s / mu from the server is <dL/dtheta_c, u> (central difference through the server copy after its tau
-    steps), and the client's SGD step is exactly -lr * (s / mu) * u with u regenerated from the client's seed."""
-    sc = load_scenario(tiny_scenario(algorithms=[MU_REFERENCE], federation={"num_clients": 4, "clients_per_round": 2}))
+def mu_splitfed_probed(algo: dict) -> tuple:
+    """MU-SplitFed's roles in this process, client 1 begun and probed at round 1, step 0:
+    (spec, client role, server role, the global client state, the probe's upload)."""
+    sc = load_scenario(tiny_scenario(algorithms=[algo], federation={"num_clients": 4, "clients_per_round": 2}))
     engine = Engine(sc, progress=False)
     spec, backend = engine.spec(0, 0), engine.backend
     backend.setup(MUSplitFed, spec)
@@ -176,6 +176,13 @@ def test_mu_splitfed_client_step_follows_the_directional_derivative():
     server.begin_copies(1)
     client.begin(1, state)
     upload, _ = client.probe(1, 1, 0)
+    return spec, client, server, state, upload
+
+
+def test_mu_splitfed_client_step_follows_the_directional_derivative():
+    """s / mu from the server is <dL/dtheta_c, u> (central difference through the server copy after its tau
+    steps), and the client's SGD step is exactly -lr * (s / mu) * u with u regenerated from the client's seed."""
+    spec, client, server, state, upload = mu_splitfed_probed(MU_REFERENCE)
     s, _ = server.step(1, 1, 0, upload)
     part, seed = client.local[1], client.seed_of[1]
     feats, labels = sample_batch(spec, 1, 1, 0)
@@ -194,16 +201,7 @@ def test_mu_splitfed_client_step_follows_the_directional_derivative():
 
 
 def test_mu_splitfed_reads_server_steps_and_global_lr_from_the_config():
-    algo = {**MU_REFERENCE, "server_steps": 3, "global_lr": 0.5}
-    sc = load_scenario(tiny_scenario(algorithms=[algo], federation={"num_clients": 4, "clients_per_round": 2}))
-    engine = Engine(sc, progress=False)
-    spec, backend = engine.spec(0, 0), engine.backend
-    backend.setup(MUSplitFed, spec)
-    client, server = backend.workers[0], backend.server_role
-    state, _ = server.global_client()
-    server.begin_copies(1)
-    client.begin(1, state)
-    upload, _ = client.probe(1, 1, 0)
+    spec, client, server, state, upload = mu_splitfed_probed({**MU_REFERENCE, "server_steps": 3, "global_lr": 0.5})
     _, smeta = server.step(1, 1, 0, upload)
     fs = server.forward_flops(torch.from_numpy(upload["a"][0]), upload["side"])
     assert smeta["flops"] == (2 * 3 + 2) * fs  # three two-sided steps on the anchor, then a+ and a-
