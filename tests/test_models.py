@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import subprocess
@@ -280,3 +281,22 @@ def test_the_cnn_max_pool_gives_nn_max_pool2d_outputs_and_gradients():
         out.backward(g)
         expected.backward(g)
         assert torch.equal(ours.grad, ref.grad)
+
+
+def test_the_cnn_skips_its_head_pool_only_where_it_is_the_identity():
+    """Small maps skip the adaptive pool (a speed-up only: same outputs and gradients); larger ones are pooled."""
+    from hosfl_sim.models.cnn import cnn_layers
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, head in (((1, 8, 8), (2, 2)), ((3, 32, 32), (4, 4)), ((3, 64, 64), (4, 4))):
+        ours = nn.Sequential(cnn_layers(shape, 10, 4))
+        assert isinstance(ours.pool, nn.AdaptiveAvgPool2d) == (shape[1] == 64)
+        ref = copy.deepcopy(ours)
+        ref.pool = nn.AdaptiveAvgPool2d(head)
+        x = torch.randn(2, *shape, generator=gen)
+        out, expected = ours(x), ref(x)
+        assert torch.equal(out, expected)
+        out.sum().backward()
+        expected.sum().backward()
+        for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad)

@@ -56,7 +56,9 @@ def cnn_layers(shape: tuple[int, ...], num_classes: int, width: int) -> OrderedD
         # after block i+1: (B, width * 2**i, h, w)
     # Keep up to 4x4 positions: spatial layout matters on small images, and the head stays small on big ones.
     ph, pw = min(h, 4), min(w, 4)
-    layers["pool"] = nn.AdaptiveAvgPool2d((ph, pw))
+    # Where the maps are already that small the pool is the identity (a mean over one element), and its CPU
+    # kernel is slow: 0.14 ms forward and as much backward on a (32, 64, 2, 2) batch, as long as a conv there.
+    layers["pool"] = nn.AdaptiveAvgPool2d((ph, pw)) if (ph, pw) != (h, w) else nn.Identity()
     layers["flatten"] = nn.Flatten()
     layers["hidden"] = nn.Linear(c * ph * pw, 8 * width)
     layers["act"] = nn.ReLU()
