@@ -47,6 +47,36 @@ class Backend(Protocol):
 
     def get(self, futures: Any) -> Any: ...
 
+    def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
+        """workers -> server -> workers, waited for: `first[w]` on worker w; the `server` call, which also
+        receives item 0 of each of their results (workers in increasing order); `then[w]` on worker w (one of
+        `first`'s), which also receives item i of the server's result, i being w's position in `first`.
+        Returns ({w: result}, server result, {w: result}). On Ray a compiled graph carries it (see ray_backend)."""
+        ...
+
+
+Stage = tuple[str, tuple]  # (role method, its leading arguments); what the stage before produced comes after
+
+
+def invoke_stage(role: Any, call: tuple[str, tuple, int | None] | None, upstream: tuple) -> Any:
+    """One stage of `Backend.round_trip` on `role`: `call` is (method, args, pick), and each non-None
+    output of the stages before adds its item `pick` to the arguments. None: nothing to do here."""
+    if call is None:
+        return None
+    method, args, pick = call
+    return role.invoke(method, *args, *[u[pick] for u in upstream if u is not None])
+
+
+def stage_calls(
+    num_workers: int, first: dict[int, Stage], server: Stage, then: dict[int, Stage]
+) -> tuple[list, tuple, list]:
+    """`round_trip`'s stages as one call per actor (None where a worker has nothing to do): the workers'
+    first calls, the server's, the workers' second calls."""
+    order = sorted(first)
+    head = [(*first[w], None) if w in first else None for w in range(num_workers)]
+    tail = [(*then[w], order.index(w)) if w in then else None for w in range(num_workers)]
+    return head, (*server, 0), tail
+
 
 @dataclass(frozen=True)
 class TaskSpec:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
+from hosfl_sim.algorithms.base import Stage, invoke_stage, stage_calls
 from hosfl_sim.runtime.allocator import keep_freed_memory
 
 
@@ -55,6 +56,13 @@ class LocalBackend:
 
     def get(self, futures: Any) -> Any:
         return futures
+
+    def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
+        head, mid, tail = stage_calls(self.num_workers, first, server, then)
+        firsts = [invoke_stage(role, call, ()) for role, call in zip(self.workers, head)]
+        out = invoke_stage(self.server_role, mid, tuple(firsts))
+        lasts = [invoke_stage(role, call, (out,)) for role, call in zip(self.workers, tail)]
+        return {w: firsts[w] for w in first}, out, {w: lasts[w] for w in then}
 
     def shutdown(self) -> None:
         self.workers, self.server_role = [], None
