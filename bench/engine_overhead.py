@@ -9,10 +9,10 @@ each ratio is a median Ray round over a median local round, on two clocks:
 With 1 worker both backends do the same serial work, so the ratio is the runtime's overhead; with 2
 (the default) Ray also runs the two workers in parallel. Actors start once, before the first Ray run,
 and are reused by every run: start-up is not in the rounds (bench.worker_scaling checks that).
-Also measured: HOSFL with the step's round trip as a compiled graph (`runtime.compiled_graphs: true`; on
-2 cores `auto` leaves it off, see README), and `hosfl_per_client` (bench/proposals.py), the same algorithm routed as HOSFL was before it
-grouped its calls (one actor call per client per phase instead of one per worker); it must record the
-same losses.
+Also measured: HOSFL with the step's round trip as a compiled graph (`runtime.compiled_graphs: true`;
+on 2 cores `auto` leaves it off, see README), and `hosfl_per_client` (bench/proposals.py), the same
+algorithm routed as HOSFL was before it grouped its calls (one actor call per client per phase instead
+of one per worker). Every variant must record the same losses on every backend.
 
     python -m bench.engine_overhead [--quick] [--task NAME]
 """
