@@ -48,23 +48,25 @@ class Backend(Protocol):
     def get(self, futures: Any) -> Any: ...
 
     def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
-        """workers -> server -> workers, waited for: `first[w]` on worker w; the `server` call, which also
-        receives item 0 of each of their results (workers in increasing order); `then[w]` on worker w (one of
-        `first`'s), which also receives item i of the server's result, i being w's position in `first`.
-        Returns ({w: result}, server result, {w: result}). On Ray a compiled graph carries it (see ray_backend)."""
+        """workers -> server -> workers, waited for. `first[w]` runs on worker w and returns a pair: its item 0
+        goes on to the server, its item 1 back to the caller. The `server` call also receives the items 0
+        (workers in increasing order). `then[w]` runs on worker w (one of `first`'s) and also receives item i
+        of the server's result, i being w's position in `first`. Returns ({w: item 1 of first[w]'s result},
+        the server's result, {w: then[w]'s result}). On Ray a compiled graph can carry it (see ray_backend)."""
         ...
 
 
 Stage = tuple[str, tuple]  # (role method, its leading arguments); what the stage before produced comes after
 
 
-def invoke_stage(role: Any, call: tuple[str, tuple, int | None] | None, upstream: tuple) -> Any:
+def invoke_stage(role: Any, call: tuple[str, tuple, int | None] | None, upstream: tuple, idle: Any = None) -> Any:
     """One stage of `Backend.round_trip` on `role`: `call` is (method, args, pick), and each non-None
-    output of the stages before adds its item `pick` to the arguments. None: nothing to do here."""
+    output of the stages before adds its item `pick` (all of it if None) to the arguments. A None call
+    (nothing to do on this actor) returns `idle`."""
     if call is None:
-        return None
+        return idle
     method, args, pick = call
-    return role.invoke(method, *args, *[u[pick] for u in upstream if u is not None])
+    return role.invoke(method, *args, *[u if pick is None else u[pick] for u in upstream if u is not None])
 
 
 def stage_calls(
@@ -75,7 +77,7 @@ def stage_calls(
     order = sorted(first)
     head = [(*first[w], None) if w in first else None for w in range(num_workers)]
     tail = [(*then[w], order.index(w)) if w in then else None for w in range(num_workers)]
-    return head, (*server, 0), tail
+    return head, (*server, None), tail
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class HOSFL(SeedBasedAlgorithm):
                 ("train_step", (make_plan(active, groups),)),
                 {w: ("probes", (cs, seeds)) for w, cs in groups.items()},
             )
-            metas = charge_anchors([anchored[w][1] for w in groups])
+            metas = charge_anchors([anchored[w] for w in groups])
             keep_all(active, self.barrier(clock, active, backend, worker))
             kept, server_meta, probed = groups, out[-1], [probed_by[w] for w in groups]
 

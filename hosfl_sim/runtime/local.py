@@ -59,10 +59,10 @@ class LocalBackend:
 
     def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
         head, mid, tail = stage_calls(self.num_workers, first, server, then)
-        firsts = [invoke_stage(role, call, ()) for role, call in zip(self.workers, head)]
-        out = invoke_stage(self.server_role, mid, tuple(firsts))
+        firsts = [invoke_stage(role, call, (), idle=(None, None)) for role, call in zip(self.workers, head)]
+        out = invoke_stage(self.server_role, mid, tuple(up for up, _ in firsts))
         lasts = [invoke_stage(role, call, (out,)) for role, call in zip(self.workers, tail)]
-        return {w: firsts[w] for w in first}, out, {w: lasts[w] for w in then}
+        return {w: firsts[w][1] for w in first}, out, {w: lasts[w] for w in then}
 
     def shutdown(self) -> None:
         self.workers, self.server_role = [], None

@@ -73,6 +73,10 @@ class RoleHost:
         """One stage of a round trip (`invoke_stage`), as a plain call or in a compiled graph."""
         return invoke_stage(self.role, call, upstream)
 
+    def first_stage(self, call: tuple | None) -> tuple[Any, Any]:
+        """A round trip's first stage: a pair, one item for the server and one for the driver (num_returns=2)."""
+        return invoke_stage(self.role, call, (), idle=(None, None))
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -175,9 +179,10 @@ class RayBackend:
         head, mid, tail = stage_calls(self.num_workers, first, server, then)
         graph = self._compiled()
         if graph is None:
-            firsts = [a.stage.remote(c) for a, c in zip(self.workers, head)]
-            out = self.server_actor.stage.remote(mid, *firsts)
-            values = self.get([*firsts, out, *[a.stage.remote(c, out) for a, c in zip(self.workers, tail)]])
+            firsts = [a.first_stage.options(num_returns=2).remote(c) for a, c in zip(self.workers, head)]
+            out = self.server_actor.stage.remote(mid, *[up for up, _ in firsts])
+            lasts = [a.stage.remote(c, out) for a, c in zip(self.workers, tail)]
+            values = self.get([*[meta for _, meta in firsts], out, *lasts])
         else:
             if self._last:
                 ray.wait(list(self._last.values()), num_returns=len(self._last))
@@ -201,10 +206,11 @@ class RayBackend:
             try:
                 with InputNode() as inp:
                     w = self.num_workers
-                    firsts = [a.stage.bind(inp[i]) for i, a in enumerate(self.workers)]
-                    out = self.server_actor.stage.bind(inp[w], *firsts)
+                    firsts = [a.first_stage.options(num_returns=2).bind(inp[i]) for i, a in enumerate(self.workers)]
+                    out = self.server_actor.stage.bind(inp[w], *[up for up, _ in firsts])
                     lasts = [a.stage.bind(inp[w + 1 + i], out) for i, a in enumerate(self.workers)]
-                    self._graph = MultiOutputNode([*firsts, out, *lasts]).experimental_compile()
+                    outputs = [*[meta for _, meta in firsts], out, *lasts]  # the activations skip the driver
+                    self._graph = MultiOutputNode(outputs).experimental_compile()
             except Exception as e:  # e.g. a cluster whose nodes cannot share channels
                 log.warning("no compiled graph (%s): round trips use plain actor calls", e)
                 self.compiled_graphs = False
