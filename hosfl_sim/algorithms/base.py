@@ -48,36 +48,43 @@ class Backend(Protocol):
     def get(self, futures: Any) -> Any: ...
 
     def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
-        """workers -> server -> workers, waited for. `first[w]` runs on worker w and returns a pair: its item 0
-        goes on to the server, its item 1 back to the caller. The `server` call also receives the items 0
-        (workers in increasing order). `then[w]` runs on worker w (one of `first`'s) and also receives item i
-        of the server's result, i being w's position in `first`. Returns ({w: item 1 of first[w]'s result},
-        the server's result, {w: then[w]'s result}). On Ray a compiled graph can carry it (see ray_backend)."""
+        """workers -> server -> workers, as futures. `first[w]` runs on worker w and returns a pair: item 0 for
+        the server, item 1 for the caller. The `server` call also receives the items 0 (workers in increasing
+        order) and returns one item per worker of `first` (in that order) and then one for the caller.
+        `then[w]` runs on worker w (one of `first`'s) and also receives the server's item for w. Returns
+        ({w: first's item for the caller}, the server's item for the caller, {w: then[w]'s result}).
+        On Ray a compiled graph can carry the whole trip (see ray_backend)."""
         ...
 
 
-Stage = tuple[str, tuple]  # (role method, its leading arguments); what the stage before produced comes after
+Stage = tuple[str, tuple]  # (role method, its leading arguments); what the stage before sent comes after
 
 
-def invoke_stage(role: Any, call: tuple[str, tuple, int | None] | None, upstream: tuple, idle: Any = None) -> Any:
-    """One stage of `Backend.round_trip` on `role`: `call` is (method, args, pick), and each non-None
-    output of the stages before adds its item `pick` (all of it if None) to the arguments. A None call
-    (nothing to do on this actor) returns `idle`."""
-    if call is None:
-        return idle
-    method, args, pick = call
-    return role.invoke(method, *args, *[u if pick is None else u[pick] for u in upstream if u is not None])
+def first_stage(role: Any, call: Stage | None) -> tuple[Any, Any]:
+    """A round trip's first stage on a worker: (item for the server, item for the caller); (None, None) when
+    this worker has nothing to do."""
+    return (None, None) if call is None else tuple(role.invoke(call[0], *call[1]))
 
 
-def stage_calls(
-    num_workers: int, first: dict[int, Stage], server: Stage, then: dict[int, Stage]
-) -> tuple[list, tuple, list]:
-    """`round_trip`'s stages as one call per actor (None where a worker has nothing to do): the workers'
-    first calls, the server's, the workers' second calls."""
-    order = sorted(first)
-    head = [(*first[w], None) if w in first else None for w in range(num_workers)]
-    tail = [(*then[w], order.index(w)) if w in then else None for w in range(num_workers)]
-    return head, (*server, None), tail
+def server_stage(role: Any, call: Stage, uploads: tuple) -> tuple:
+    """A round trip's server stage: the call gets the workers' non-None uploads; its per-worker items are
+    spread back to one slot per worker (None for idle ones), then the item for the caller."""
+    out = role.invoke(call[0], *call[1], *[u for u in uploads if u is not None])
+    items = list(out[:-1])
+    if len(items) != sum(u is not None for u in uploads):
+        raise RuntimeError(f"{call[0]} returned {len(items)} items for {sum(u is not None for u in uploads)} workers")
+    items.reverse()
+    return (*[None if u is None else items.pop() for u in uploads], out[-1])
+
+
+def last_stage(role: Any, call: Stage | None, item: Any) -> Any:
+    """A round trip's last stage on a worker: the call also gets the server's item for this worker."""
+    return None if call is None else role.invoke(call[0], *call[1], item)
+
+
+def stage_calls(num_workers: int, first: dict[int, Stage], then: dict[int, Stage]) -> tuple[list, list]:
+    """A round trip's worker stages as one call per worker (None where a worker has nothing to do)."""
+    return [first.get(w) for w in range(num_workers)], [then.get(w) for w in range(num_workers)]
 
 
 @dataclass(frozen=True)

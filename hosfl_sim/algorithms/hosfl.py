@@ -191,20 +191,20 @@ class HOSFL(SeedBasedAlgorithm):
             uploads = [anchor[w][0] for w in groups]
             out = backend.server("train_step", make_plan(active, groups), *uploads, num_returns=len(groups) + 1)
             grads = dict(zip(groups, out))
-            probe = {w: backend.client(w, "probes", cs, seeds, grads[w], num_returns=2) for w, cs in kept.items()}
-            # (with the previous step's update of the server's client copy, so an error there is raised)
-            server_meta, _, probed = backend.get([out[-1], self.pending_update, [probe[w] for w in kept]])
-        else:  # the whole step at once, then the accounting in message order
-            backend.get(self.pending_update)  # (an error in the previous step's update is raised here)
-            anchored, out, probed_by = backend.round_trip(
+            probe = {w: backend.client(w, "probes", cs, seeds, grads[w]) for w, cs in kept.items()}
+            server_meta = out[-1]
+        else:  # the whole step at once (one round trip), then the accounting in message order
+            anchor_metas, server_meta, probe = backend.round_trip(
                 {w: ("anchors", (self.log.for_worker(w), cs, rnd, step)) for w, cs in groups.items()},
                 ("train_step", (make_plan(active, groups),)),
                 {w: ("probes", (cs, seeds)) for w, cs in groups.items()},
             )
-            metas = charge_anchors([anchored[w] for w in groups])
+            metas = charge_anchors(backend.get([anchor_metas[w] for w in groups]))
             keep_all(active, self.barrier(clock, active, backend, worker))
-            kept, server_meta, probed = groups, out[-1], [probed_by[w] for w in groups]
+            kept = groups
 
+        # (with the previous step's update of the server's client copy, so an error there is raised)
+        server_meta, _ = backend.get([server_meta, self.pending_update])
         if clock is not None:
             clock.server_batch(active, server_meta["flops"])
         for cid, loss in zip(active, server_meta["losses"]):
@@ -212,6 +212,7 @@ class HOSFL(SeedBasedAlgorithm):
             records[cid].train_loss = loss
             records[cid].samples += metas[cid]["samples"]
         losses.extend(server_meta["losses"])
+        probed = backend.get([probe[w] for w in kept])
         scalars = in_client_order(kept, [vs for vs, _ in probed])
         probe_metas = in_client_order(kept, [ms for _, ms in probed])
         for cid in active:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
-from hosfl_sim.algorithms.base import Stage, invoke_stage, stage_calls
+from hosfl_sim.algorithms.base import Stage, first_stage, last_stage, server_stage, stage_calls
 from hosfl_sim.runtime.allocator import keep_freed_memory
 
 
@@ -58,11 +58,11 @@ class LocalBackend:
         return futures
 
     def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
-        head, mid, tail = stage_calls(self.num_workers, first, server, then)
-        firsts = [invoke_stage(role, call, (), idle=(None, None)) for role, call in zip(self.workers, head)]
-        out = invoke_stage(self.server_role, mid, tuple(up for up, _ in firsts))
-        lasts = [invoke_stage(role, call, (out,)) for role, call in zip(self.workers, tail)]
-        return {w: firsts[w][1] for w in first}, out, {w: lasts[w] for w in then}
+        head, tail = stage_calls(self.num_workers, first, then)
+        firsts = [first_stage(role, call) for role, call in zip(self.workers, head)]
+        out = server_stage(self.server_role, server, tuple(up for up, _ in firsts))
+        lasts = [last_stage(role, call, item) for role, call, item in zip(self.workers, tail, out)]
+        return {w: firsts[w][1] for w in first}, out[-1], {w: lasts[w] for w in then}
 
     def shutdown(self) -> None:
         self.workers, self.server_role = [], None

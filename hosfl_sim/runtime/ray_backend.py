@@ -41,7 +41,7 @@ from typing import Any
 import ray
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
-from hosfl_sim.algorithms.base import Stage, invoke_stage, stage_calls
+from hosfl_sim.algorithms.base import Stage, first_stage, last_stage, server_stage, stage_calls
 from hosfl_sim.config import RuntimeConfig
 from hosfl_sim.runtime.allocator import keep_freed_memory
 from hosfl_sim.runtime.engine import ServerLost, WorkerLost
@@ -69,13 +69,15 @@ class RoleHost:
     def call(self, method: str, *args: Any) -> Any:
         return self.role.invoke(method, *args)
 
-    def stage(self, call: tuple | None, *upstream: Any) -> Any:
-        """One stage of a round trip (`invoke_stage`), as a plain call or in a compiled graph."""
-        return invoke_stage(self.role, call, upstream)
+    # A round trip's stages (Backend.round_trip), as plain calls or in a compiled graph:
+    def first_stage(self, call: Stage | None) -> tuple[Any, Any]:
+        return first_stage(self.role, call)
 
-    def first_stage(self, call: tuple | None) -> tuple[Any, Any]:
-        """A round trip's first stage: a pair, one item for the server and one for the driver (num_returns=2)."""
-        return invoke_stage(self.role, call, (), idle=(None, None))
+    def server_stage(self, call: Stage, *uploads: Any) -> tuple:
+        return server_stage(self.role, call, uploads)
+
+    def last_stage(self, call: Stage | None, item: Any) -> Any:
+        return last_stage(self.role, call, item)
 
     def pid(self) -> int:
         return os.getpid()
@@ -137,6 +139,7 @@ class RayBackend:
                     setattr(ctx, name, -1)
             logging.getLogger("ray.dag").setLevel(logging.WARNING)  # a line per actor at every teardown
         self._graph: Any = None  # the compiled round trip, built on first use
+        self._running: _Execution | None = None  # its execution in flight, not read yet
         self._last: dict[int, ray.ObjectRef] = {}  # actor index (server: W) -> its latest ordinary call
 
     def _new_worker(self) -> Any:
@@ -161,42 +164,49 @@ class RayBackend:
         self.get([w.setup.remote(algorithm.client_role, ref) for w in self.workers])
 
     def client(self, worker: int, method: str, *args: Any, num_returns: int = 1) -> Any:
+        self._settle()
         out = self.workers[worker].call.options(num_returns=num_returns).remote(method, *args)
         self._last[worker] = out if num_returns == 1 else out[0]
         return out
 
     def server(self, method: str, *args: Any, num_returns: int = 1) -> Any:
+        self._settle()
         out = self.server_actor.call.options(num_returns=num_returns).remote(method, *args)
         self._last[self.num_workers] = out if num_returns == 1 else out[0]
         return out
 
     def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
-        """See Backend.round_trip. With `compiled_graphs`, the stages go through a compiled graph
-        (shared-memory channels instead of a round trip to the driver at every hop); otherwise, and where one
-        cannot be built, through plain calls. A compiled stage runs on its own thread of the actor, so the
-        ordinary calls made before are waited for first, and the graph's results are all read before this
-        returns: a role never runs two calls at once."""
-        head, mid, tail = stage_calls(self.num_workers, first, server, then)
+        """See Backend.round_trip. With `compiled_graphs`, through a compiled graph (shared-memory channels,
+        no hop through the driver); otherwise, and where none can be built, through plain calls. A compiled
+        stage runs on another thread of its actor, so the ordinary calls made before are waited for first,
+        and an execution is read whole before the next ordinary call: a role never runs two calls at once."""
+        head, tail = stage_calls(self.num_workers, first, then)
+        w = self.num_workers
         graph = self._compiled()
         if graph is None:
             firsts = [a.first_stage.options(num_returns=2).remote(c) for a, c in zip(self.workers, head)]
-            out = self.server_actor.stage.remote(mid, *[up for up, _ in firsts])
-            lasts = [a.stage.remote(c, out) for a, c in zip(self.workers, tail)]
-            values = self.get([*[meta for _, meta in firsts], out, *lasts])
-        else:
-            if self._last:
-                ray.wait(list(self._last.values()), num_returns=len(self._last))
-                self._last = {}
+            out = self.server_actor.server_stage.options(num_returns=w + 1).remote(server, *[u for u, _ in firsts])
+            lasts = [a.last_stage.remote(c, item) for a, c, item in zip(self.workers, tail, out)]
+            return {i: firsts[i][1] for i in first}, out[-1], {i: lasts[i] for i in then}
+        self._settle()
+        if self._last:
+            ray.wait(list(self._last.values()), num_returns=len(self._last))
+            self._last = {}
+        self._running = _Execution(self, graph.execute(*head, server, *tail))
+        return (
+            {i: _Output(self._running, i) for i in first},
+            _Output(self._running, w),
+            {i: _Output(self._running, w + 1 + i) for i in then},
+        )
+
+    def _settle(self) -> None:
+        """Read the compiled execution in flight, if any (what it raises is kept for whoever reads it)."""
+        if self._running is not None:
+            running, self._running = self._running, None
             try:
-                values = ray.get(graph.execute(*head, mid, *tail))
-            except Exception as e:
-                self.drop_graph()
-                lost = self._lost()
-                if lost is None:
-                    raise
-                raise lost from e
-        w = self.num_workers
-        return {i: values[i] for i in first}, values[w], {i: values[w + 1 + i] for i in then}
+                running.read()
+            except Exception:  # raised again where its outputs are read
+                pass
 
     def _compiled(self) -> Any:
         """The compiled round trip over every worker and the server (built on first use), or None."""
@@ -207,9 +217,11 @@ class RayBackend:
                 with InputNode() as inp:
                     w = self.num_workers
                     firsts = [a.first_stage.options(num_returns=2).bind(inp[i]) for i, a in enumerate(self.workers)]
-                    out = self.server_actor.stage.bind(inp[w], *[up for up, _ in firsts])
-                    lasts = [a.stage.bind(inp[w + 1 + i], out) for i, a in enumerate(self.workers)]
-                    outputs = [*[meta for _, meta in firsts], out, *lasts]  # the activations skip the driver
+                    out = list(
+                        self.server_actor.server_stage.options(num_returns=w + 1).bind(inp[w], *[u for u, _ in firsts])
+                    )
+                    lasts = [a.last_stage.bind(inp[w + 1 + i], out[i]) for i, a in enumerate(self.workers)]
+                    outputs = [*[meta for _, meta in firsts], out[w], *lasts]  # activations skip the driver
                     self._graph = MultiOutputNode(outputs).experimental_compile()
             except Exception as e:  # e.g. a cluster whose nodes cannot share channels
                 log.warning("no compiled graph (%s): round trips use plain actor calls", e)
@@ -218,6 +230,7 @@ class RayBackend:
 
     def drop_graph(self) -> None:
         """Tear the compiled round trip down (its actors stop polling); the next round trip builds it again."""
+        self._running = None
         if self._graph is not None:
             graph, self._graph = self._graph, None
             try:
@@ -242,10 +255,10 @@ class RayBackend:
     def get(self, futures: Any) -> Any:
         """ray.get over any nesting of lists, tuples and dicts of ObjectRefs. Raises WorkerLost or ServerLost
         when the failure is an actor's death."""
-        flat: list[ray.ObjectRef] = []
+        flat: list[Any] = []
 
         def collect(x: Any) -> None:
-            if isinstance(x, ray.ObjectRef):
+            if isinstance(x, (ray.ObjectRef, _Output)):
                 flat.append(x)
             elif isinstance(x, (list, tuple)):
                 for v in x:
@@ -255,8 +268,15 @@ class RayBackend:
                     collect(v)
 
         collect(futures)
+        refs = [x for x in flat if isinstance(x, ray.ObjectRef)]
         try:
-            values = iter(ray.get(flat))
+            for x in flat:
+                if isinstance(x, _Output):
+                    x.execution.read()
+                    if x.execution is self._running:
+                        self._running = None
+            got = iter(ray.get(refs))
+            values = iter([next(got) if isinstance(x, ray.ObjectRef) else x.value() for x in flat])
         except Exception as e:
             lost = self._lost()
             if lost is None:
@@ -264,7 +284,7 @@ class RayBackend:
             raise lost from e
 
         def rebuild(x: Any) -> Any:
-            if isinstance(x, ray.ObjectRef):
+            if isinstance(x, (ray.ObjectRef, _Output)):
                 return next(values)
             if isinstance(x, (list, tuple)):
                 return type(x)(rebuild(v) for v in x)
@@ -282,3 +302,33 @@ class RayBackend:
         self.workers = []
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
+
+
+class _Execution:
+    """One execution of the compiled round trip: its outputs are read together, once (Ray's rule)."""
+
+    def __init__(self, backend: RayBackend, refs: list):
+        self.backend, self.refs = backend, refs
+        self.values: list | None = None
+        self.error: BaseException | None = None
+
+    def read(self) -> None:
+        if self.values is None and self.error is None:
+            try:
+                self.values = ray.get(self.refs)
+            except Exception as e:  # kept for every output read later; the graph is rebuilt next time
+                self.error = e
+                self.backend.drop_graph()
+        if self.error is not None:
+            raise self.error
+
+
+class _Output:
+    """One output of an execution (a future of the compiled path); `RayBackend.get` resolves it."""
+
+    def __init__(self, execution: _Execution, index: int):
+        self.execution, self.index = execution, index
+
+    def value(self) -> Any:
+        self.execution.read()
+        return self.execution.values[self.index]
