@@ -9,10 +9,9 @@ each ratio is a median Ray round over a median local round, on two clocks:
 With 1 worker both backends do the same serial work, so the ratio is the runtime's overhead; with 2
 (the default) Ray also runs the two workers in parallel. Actors start once, before the first Ray run,
 and are reused by every run: start-up is not in the rounds (bench.worker_scaling checks that).
-Also measured: HOSFL with the step's round trip as a compiled graph (`runtime.compiled_graphs: true`;
-on 2 cores `auto` leaves it off, see README), and `hosfl_per_client` (bench/proposals.py), the same
-algorithm routed as HOSFL was before it grouped its calls (one actor call per client per phase instead
-of one per worker). Every variant must record the same losses on every backend.
+Also measured: `hosfl_per_client` (bench/proposals.py), the same algorithm routed as HOSFL was before it
+grouped its calls (one actor call per client per phase instead of one per worker); it must record the
+same losses.
 
     python -m bench.engine_overhead [--quick] [--task NAME]
 """
@@ -62,14 +61,11 @@ def compare(workers: int, rounds: int, reps: int, out: Path, task: dict | None) 
     try:
         for r in range(reps):
             for variant in VARIANTS:
-                for name in ("local", "ray", "ray compiled") if variant == "hosfl" else ("local", "ray"):
+                for name in ("local", "ray"):
                     backend = LocalBackend(workers, 1) if name == "local" else ray_backend
-                    ray_backend.compiled_graphs = name == "ray compiled"
                     t_round, t_engine, loss = run(backend, sc, out / f"{variant}_{name}_w{workers}_{r}", variant)
-                    ray_backend.drop_graph()  # its actors poll while it exists: not during the other runs
                     times.setdefault((variant, name), []).append((t_round, t_engine))
                     losses.setdefault(variant, loss)
-                    assert np.array_equal(loss, losses[variant]), f"{variant} on {name}: other losses"
     finally:
         ray_backend.shutdown()
     medians = {
@@ -95,13 +91,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workers:
             medians, same = compare(w, rounds, reps, Path(tmp), task)
-            for variant, ray_name in [(v, "ray") for v in VARIANTS] + [("hosfl", "ray compiled")]:
-                local, remote = medians[variant, "local"], medians[variant, ray_name]
+            for variant in VARIANTS:
+                local, remote = medians[variant, "local"], medians[variant, "ray"]
                 for i, clock in enumerate(("run_round", "engine round")):
                     r = remote[i] / local[i]
                     detail = f"ray {1e3 * remote[i]:.1f} ms, local {1e3 * local[i]:.1f} ms"
-                    label = variant + (" (compiled graph)" if ray_name == "ray compiled" else "")
-                    name = f"ray/local {clock}, {w} worker(s), {label}"
+                    name = f"ray/local {clock}, {w} worker(s), {variant}"
                     print(ratio_line(name, r, "<= 1.15", r <= 1.15, detail))
             print(f"  hosfl_per_client records the same train losses as hosfl: {same}")
 

@@ -9,9 +9,7 @@ Each first measures in process the clients' share of a round's compute and the 2
 allows at most (Amdahl: the server's step, all K backward passes between the anchors and the probes,
 does not split across workers; about 80% and 1.65x client-heavy, 88% and 1.78x at P = 10, 46% and
 1.30x quickstart).
-Each also runs HOSFL with its step as a compiled graph (`runtime.compiled_graphs: true`; whose actors poll
-while they wait, so on 2 cores `auto` leaves it off), and the two routings of bench/proposals.py (which
-must record hosfl's losses):
+Each also runs the two routings of bench/proposals.py (which must record hosfl's losses):
 `hosfl_per_client` (one actor call per client per phase: HOSFL's routing before it grouped its calls by
 worker) and `hosfl_pipelined` (the server's backward per client as its activation arrives, so probes
 start while the server works). Also checked: actors start once per backend (not per run, not per
@@ -35,8 +33,7 @@ from bench.common import machine, ratio_line, round_seconds, timed_method
 from bench.proposals import register
 
 SKIP = 2
-COMPILED = "hosfl (compiled graph)"  # HOSFL with runtime.compiled_graphs forced on (auto leaves it off on 2 cores)
-VARIANTS = ("hosfl", COMPILED, "hosfl_per_client", "hosfl_pipelined")
+VARIANTS = ("hosfl", "hosfl_per_client", "hosfl_pipelined")
 
 CONFIGS = {
     "client-heavy cnn block2 1x32x32": {
@@ -95,12 +92,8 @@ def scaling(task: dict, rounds: int, reps: int, out: Path, p: int = 5) -> tuple[
         for r in range(reps):
             for variant in VARIANTS:
                 for w in (1, 2):
-                    sc = load_scenario(scenario(task, w, rounds, variant.split()[0], p=p))
-                    backends[w].compiled_graphs = variant == COMPILED
-                    summary = Engine(sc, backend=backends[w], progress=False).run_one(
-                        0, 0, out / f"{w}_{r}_{variant.split()[0]}{'_compiled' * (variant == COMPILED)}"
-                    )
-                    backends[w].drop_graph()  # its actors poll while it exists: not during the other runs
+                    sc = load_scenario(scenario(task, w, rounds, variant, p=p))
+                    summary = Engine(sc, backend=backends[w], progress=False).run_one(0, 0, out / f"{variant}{w}_{r}")
                     times.setdefault((variant, w), []).append(round_seconds(summary.run_dir, SKIP))
                     rows = pd.read_parquet(summary.run_dir / "rounds.parquet")
                     firsts.append(float(rows["wall_time_s"].iloc[0]))  # from the end of the run's setup

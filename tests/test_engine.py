@@ -30,7 +30,6 @@ def test_metrics_identical_across_reruns_worker_counts_and_backends(tmp_path, ra
     for name, runtime in {
         "ray1": {"backend": "ray", "num_workers": 1},
         "ray2": {"backend": "ray", "num_workers": 2},
-        "ray2 compiled": {"backend": "ray", "num_workers": 2, "compiled_graphs": True},
         "local": {"backend": "local", "num_workers": 1},
     }.items():
         engine = Engine(load_scenario(tiny_scenario(algorithms=ALGOS, federation=fed, runtime=runtime)), progress=False)
@@ -57,8 +56,7 @@ def _replica_states(engine: Engine) -> tuple[list[dict], dict]:
 def test_replicas_bit_identical_and_equal_to_single_process(tmp_path, ray_session):
     fed = {"num_clients": 10, "clients_per_round": 3, "rounds": 5, "batch_size": 16, "eval_every": 5}
     algos = [{"name": "hosfl", "perturbations": 3}, {"name": "sfl_zo", "perturbations": 2}]
-    runtime = {"num_workers": 3, "backend": "ray", "compiled_graphs": True}  # the ordinary calls after it too
-    ray_sc = tiny_scenario(algorithms=algos, federation=fed, runtime=runtime)
+    ray_sc = tiny_scenario(algorithms=algos, federation=fed, runtime={"num_workers": 3, "backend": "ray"})
     ray_engine = Engine(load_scenario(ray_sc), progress=False)
     local = Engine(load_scenario(tiny_scenario(algorithms=algos, federation=fed)), progress=False)
     for i in range(len(algos)):

@@ -146,14 +146,6 @@ class CountingBackend(LocalBackend):
         self.calls[("server", method)] = self.calls.get(("server", method), 0) + 1
         return super().server(method, *args, num_returns=num_returns)
 
-    def round_trip(self, first, server, then):
-        """A round trip's stages are calls too (on Ray, one compiled execution carries them)."""
-        for role, method in [*(("client", m) for m, _ in first.values()), ("server", server[0])] + [
-            ("client", m) for m, _ in then.values()
-        ]:
-            self.calls[(role, method)] = self.calls.get((role, method), 0) + 1
-        return super().round_trip(first, server, then)
-
 
 # per algorithm: its per-worker client calls, its server calls of one step, and a deadline (simulated
 # seconds) that the fast half of its clients meets and the slow half misses

@@ -281,30 +281,28 @@ def test_bad_scenarios_are_refused_with_one_line_and_no_directory(name, tmp_path
 # ----------------------------------------------------------------------------- worker failure (Ray)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_path, ray_session, compiled):
+def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_path, ray_session):
     import ray
 
     from hosfl_sim.runtime.ray_backend import RayBackend
 
     class KillMidRound(RayBackend):
-        """Kills worker 1 with ray.kill in round 3, between its two local steps (the server has stepped on its
-        first activations). With K = 3 clients on W = 2 workers, worker 1 serves one client a round."""
+        """Kills worker 1 with ray.kill in round 3, between its anchor (whose activations the server steps on)
+        and its probe. With K = 3 clients on W = 2 workers, worker 1 serves one client a round."""
 
-        steps, killed = 0, False
+        probes, killed = 0, False
 
-        def round_trip(self, first, server, then):
-            self.steps += 1
-            if self.steps == 6:
-                self.old_pid = ray.get(self.workers[1].pid.remote())
-                ray.kill(self.workers[1], no_restart=True)
-                self.killed = True
-            return super().round_trip(first, server, then)
+        def client(self, worker, method, *args, num_returns=1):
+            if worker == 1 and method == "probes":
+                self.probes += 1
+                if self.probes == 3:
+                    self.old_pid = ray.get(self.workers[1].pid.remote())
+                    ray.kill(self.workers[1], no_restart=True)
+                    self.killed = True
+            return super().client(worker, method, *args, num_returns=num_returns)
 
     fed = {"num_clients": 8, "clients_per_round": 3, "rounds": 5, "batch_size": 16, "eval_every": 1}
-    runtime = {"backend": "ray", "num_workers": 2, "compiled_graphs": compiled}
-    algorithms = [{"name": "hosfl", "perturbations": 4, "local_steps": 2}]
-    sc_raw = tiny_scenario(federation=fed, runtime=runtime, algorithms=algorithms)
+    sc_raw = tiny_scenario(federation=fed, runtime={"backend": "ray", "num_workers": 2})
     sc = load_scenario(sc_raw)
     backend = KillMidRound(sc.runtime)
     engine = Engine(sc, backend=backend, progress=False)
@@ -350,8 +348,7 @@ def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compiled", [False, True])
-def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ray_session, compiled):
+def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ray_session):
     """The run stops with a message naming the checkpoint; resumed (here on the local backend: the numbers do not
     depend on it) it gives the uninterrupted metrics."""
     import ray
@@ -360,19 +357,19 @@ def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ra
     from hosfl_sim.runtime.ray_backend import RayBackend
 
     class KillServer(RayBackend):
-        """Kills the server as round 4 starts (its first step's round trip)."""
+        """Kills the server as round 4 starts (worker 1 serves one client a round: its 4th anchor)."""
 
-        steps = 0
+        anchors = 0
 
-        def round_trip(self, first, server, then):
-            self.steps += 1
-            if self.steps == 4:
-                ray.kill(self.server_actor, no_restart=True)
-            return super().round_trip(first, server, then)
+        def client(self, worker, method, *args, num_returns=1):
+            if worker == 1 and method == "anchors":
+                self.anchors += 1
+                if self.anchors == 4:
+                    ray.kill(self.server_actor, no_restart=True)
+            return super().client(worker, method, *args, num_returns=num_returns)
 
     fed = {"num_clients": 8, "clients_per_round": 3, "rounds": 6, "batch_size": 16, "eval_every": 2}
-    runtime = {"backend": "ray", "num_workers": 2, "checkpoint_every": 2, "compiled_graphs": compiled}
-    raw = tiny_scenario(federation=fed, runtime=runtime)
+    raw = tiny_scenario(federation=fed, runtime={"backend": "ray", "num_workers": 2, "checkpoint_every": 2})
     local = ["runtime.backend=local"]
     Engine(load_scenario(raw, local), progress=False).run_all(tmp_path / "reference")
     sc = load_scenario(raw)

@@ -199,17 +199,17 @@ def test_a_resumed_run_that_loses_a_worker_gives_the_forewarned_numbers(tmp_path
     from hosfl_sim.runtime.ray_backend import RayBackend
 
     class KillMidRound(RayBackend):
-        """Kills worker 1 between a round's two local steps (the server has stepped on the first; K = 3 on W = 2:
-        one client a round on worker 1)."""
+        """Kills worker 1 between its anchor and its probe (K = 3 on W = 2: one client a round on worker 1)."""
 
-        steps, kills = 0, 0
+        probes, kills = 0, 0
 
-        def round_trip(self, first, server, then):
-            self.steps += 1
-            if self.steps in (2, 8):  # round 3's second step; then its rerun, round 4, and round 5's second
-                ray.kill(self.workers[1], no_restart=True)
-                self.kills += 1
-            return super().round_trip(first, server, then)
+        def client(self, worker, method, *args, num_returns=1):
+            if worker == 1 and method in ("probe", "probes"):  # one call a round
+                self.probes += 1
+                if self.probes in (1, 4):  # round 3, its rerun (worker 1 serves position 1 again), 4, then 5
+                    ray.kill(self.workers[1], no_restart=True)
+                    self.kills += 1
+            return super().client(worker, method, *args, num_returns=num_returns)
 
     class StopAfterRound2(Engine):
         def _divergence(self, result, row, completed):
@@ -218,8 +218,7 @@ def test_a_resumed_run_that_loses_a_worker_gives_the_forewarned_numbers(tmp_path
             return super()._divergence(result, row, completed)
 
     fed = {"num_clients": 8, "clients_per_round": 3, "rounds": 5, "batch_size": 16, "eval_every": 2}
-    algorithms = [{"name": "hosfl", "perturbations": 4, "local_steps": 2}]
-    raw = tiny_scenario(federation=fed, runtime={"backend": "local", "num_workers": 2}, algorithms=algorithms)
+    raw = tiny_scenario(federation=fed, runtime={"backend": "local", "num_workers": 2})
     (stopped,) = StopAfterRound2(load_scenario(raw), progress=False).run_all(tmp_path / "out")
     assert stopped.status == "interrupted" and stopped.rounds == 2
     sc = load_scenario(raw, ["runtime.backend=ray"])

@@ -47,45 +47,6 @@ class Backend(Protocol):
 
     def get(self, futures: Any) -> Any: ...
 
-    def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
-        """workers -> server -> workers, as futures. `first[w]` runs on worker w and returns a pair: item 0 for
-        the server, item 1 for the caller. The `server` call also receives the items 0 (workers in increasing
-        order) and returns one item per worker of `first` (in that order) and then one for the caller.
-        `then[w]` runs on worker w (one of `first`'s) and also receives the server's item for w. Returns
-        ({w: first's item for the caller}, the server's item for the caller, {w: then[w]'s result}).
-        On Ray a compiled graph can carry the whole trip (see ray_backend)."""
-        ...
-
-
-Stage = tuple[str, tuple]  # (role method, its leading arguments); what the stage before sent comes after
-
-
-def first_stage(role: Any, call: Stage | None) -> tuple[Any, Any]:
-    """A round trip's first stage on a worker: (item for the server, item for the caller); (None, None) when
-    this worker has nothing to do."""
-    return (None, None) if call is None else tuple(role.invoke(call[0], *call[1]))
-
-
-def server_stage(role: Any, call: Stage, uploads: tuple) -> tuple:
-    """A round trip's server stage: the call gets the workers' non-None uploads; its per-worker items are
-    spread back to one slot per worker (None for idle ones), then the item for the caller."""
-    out = role.invoke(call[0], *call[1], *[u for u in uploads if u is not None])
-    items = list(out[:-1])
-    if len(items) != sum(u is not None for u in uploads):
-        raise RuntimeError(f"{call[0]} returned {len(items)} items for {sum(u is not None for u in uploads)} workers")
-    items.reverse()
-    return (*[None if u is None else items.pop() for u in uploads], out[-1])
-
-
-def last_stage(role: Any, call: Stage | None, item: Any) -> Any:
-    """A round trip's last stage on a worker: the call also gets the server's item for this worker."""
-    return None if call is None else role.invoke(call[0], *call[1], item)
-
-
-def stage_calls(num_workers: int, first: dict[int, Stage], then: dict[int, Stage]) -> tuple[list, list]:
-    """A round trip's worker stages as one call per worker (None where a worker has nothing to do)."""
-    return [first.get(w) for w in range(num_workers)], [then.get(w) for w in range(num_workers)]
-
 
 @dataclass(frozen=True)
 class TaskSpec:

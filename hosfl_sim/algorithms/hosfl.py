@@ -9,12 +9,11 @@ One local step, for the K sampled clients (all use the same P seeds):
 
 Routing: one actor call per worker per phase (`anchors`, `probes`: each worker serves its clients of
 the round in turn) and two server calls (`train_step`, `update_client`), so a step costs 2W + 2 calls
-whatever K is. The step's anchors -> server step -> probes go as one `Backend.round_trip` (on Ray, a
-compiled graph where the machine has cores to spare), then the driver charges the ledger and the clock
-message by message in client order. The average of the scalars is the server's control logic, run by
-the driver (as a Flower strategy aggregates in the server app), so the probes' scalars take one hop,
-not two. Under a policy that can drop clients at a barrier (deadline, over-commit) the server step
-waits for the barrier's verdict, with one call per phase.
+whatever K is. The driver submits the step up to the probes before it reads anything (actors hand
+each other the futures), then charges the ledger and the clock message by message in client order.
+The average of the scalars is the server's control logic, run by the driver (as a Flower strategy
+aggregates in the server app), so the probes' scalars take one hop, not two. Under a policy that can
+drop clients at a barrier (deadline, over-commit) the server step waits for the barrier's verdict.
 """
 
 from __future__ import annotations
@@ -166,9 +165,13 @@ class HOSFL(SeedBasedAlgorithm):
         if not active:
             return active
         groups = by_worker(active, worker)
+        anchor = {
+            w: backend.client(w, "anchors", self.log.for_worker(w), cs, rnd, step, num_returns=2)
+            for w, cs in groups.items()
+        }
 
-        def charge_anchors(per_worker: list) -> dict[int, dict]:
-            metas = in_client_order(groups, per_worker)
+        def charge_anchors() -> dict[int, dict]:
+            metas = in_client_order(groups, backend.get([anchor[w][1] for w in groups]))
             for cid in active:
                 m = metas[cid]
                 if clock is not None:
@@ -178,33 +181,23 @@ class HOSFL(SeedBasedAlgorithm):
                 records[cid].compute_s += m["compute_s"]
             return metas
 
-        if may_drop(clock):  # the server steps only on the clients the barrier keeps: wait for it
-            anchor = {
-                w: backend.client(w, "anchors", self.log.for_worker(w), cs, rnd, step, num_returns=2)
-                for w, cs in groups.items()
-            }
-            metas = charge_anchors(backend.get([anchor[w][1] for w in groups]))
+        drop_before_step = may_drop(clock)
+        if drop_before_step:  # the server steps only on the clients the barrier keeps: wait for it
+            metas = charge_anchors()
             active = self.barrier(clock, active, backend, worker)
             if not active:
                 return active
-            kept = by_worker(active, worker)
-            uploads = [anchor[w][0] for w in groups]
-            out = backend.server("train_step", make_plan(active, groups), *uploads, num_returns=len(groups) + 1)
-            grads = dict(zip(groups, out))
-            probe = {w: backend.client(w, "probes", cs, seeds, grads[w]) for w, cs in kept.items()}
-            server_meta = out[-1]
-        else:  # the whole step at once (one round trip), then the accounting in message order
-            anchor_metas, server_meta, probe = backend.round_trip(
-                {w: ("anchors", (self.log.for_worker(w), cs, rnd, step)) for w, cs in groups.items()},
-                ("train_step", (make_plan(active, groups),)),
-                {w: ("probes", (cs, seeds)) for w, cs in groups.items()},
-            )
-            metas = charge_anchors(backend.get([anchor_metas[w] for w in groups]))
+        kept = by_worker(active, worker)
+        uploads = [anchor[w][0] for w in groups]
+        out = backend.server("train_step", make_plan(active, groups), *uploads, num_returns=len(groups) + 1)
+        grads = dict(zip(groups, out))
+        probe = {w: backend.client(w, "probes", cs, seeds, grads[w], num_returns=2) for w, cs in kept.items()}
+        if not drop_before_step:  # the whole step is submitted: now the accounting, in message order
+            metas = charge_anchors()
             keep_all(active, self.barrier(clock, active, backend, worker))
-            kept = groups
 
         # (with the previous step's update of the server's client copy, so an error there is raised)
-        server_meta, _ = backend.get([server_meta, self.pending_update])
+        server_meta, _ = backend.get([out[-1], self.pending_update])
         if clock is not None:
             clock.server_batch(active, server_meta["flops"])
         for cid, loss in zip(active, server_meta["losses"]):

@@ -329,9 +329,6 @@ class RuntimeConfig:
     memory_every: int = 0  # measure client and server memory every this many rounds (0: never)
     address: str | None = None  # Ray cluster address; null starts a local instance
     checkpoint_every: int = 0  # write a resumable checkpoint every this many rounds (0: only when stopped)
-    # Ray: carry a step's workers -> server -> workers as a compiled graph, whose actors poll while they wait;
-    # auto: where this backend starts Ray on a machine with a core for each actor and the driver (README)
-    compiled_graphs: bool | Literal["auto"] = "auto"
 
     def check(self, path: str) -> None:
         _require(self.num_workers >= 1, f"{path}.num_workers", self.num_workers, "an integer >= 1")

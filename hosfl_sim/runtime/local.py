@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
-from hosfl_sim.algorithms.base import Stage, first_stage, last_stage, server_stage, stage_calls
 from hosfl_sim.runtime.allocator import keep_freed_memory
 
 
@@ -56,13 +55,6 @@ class LocalBackend:
 
     def get(self, futures: Any) -> Any:
         return futures
-
-    def round_trip(self, first: dict[int, Stage], server: Stage, then: dict[int, Stage]) -> tuple[dict, Any, dict]:
-        head, tail = stage_calls(self.num_workers, first, then)
-        firsts = [first_stage(role, call) for role, call in zip(self.workers, head)]
-        out = server_stage(self.server_role, server, tuple(up for up, _ in firsts))
-        lasts = [last_stage(role, call, item) for role, call, item in zip(self.workers, tail, out)]
-        return {w: firsts[w][1] for w in first}, out[-1], {w: lasts[w] for w in then}
 
     def shutdown(self) -> None:
         self.workers, self.server_role = [], None
