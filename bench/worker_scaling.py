@@ -16,7 +16,11 @@ start while the server works). Also checked: actors start once per backend (not 
 round): their pids stay the same across runs and across the runs of Engine.run_all, and a run's first
 round costs about what the others do.
 
-    python -m bench.worker_scaling [--quick]
+With `--workers 1 2 4 8` it also compares more workers with 1 (each against its Amdahl bound), and with
+`--gpu` every actor of every pool asks for an equal share of one GPU (fractional `num_gpus`), for a
+machine with a GPU and the cores to match.
+
+    python -m bench.worker_scaling [--quick] [--workers 1 2 4 ...] [--gpu]
 """
 
 from __future__ import annotations
@@ -51,8 +55,15 @@ PERTURBATIONS = {CLIENT_HEAVY_P10: 10}  # P of each configuration (5, the paper'
 
 
 def scenario(
-    task: dict, workers: int, rounds: int, algorithm: str = "hosfl", seeds: list[int] | None = None, p: int = 5
+    task: dict,
+    workers: int,
+    rounds: int,
+    algorithm: str = "hosfl",
+    seeds: list[int] | None = None,
+    p: int = 5,
+    gpu: float = 0.0,
 ) -> dict:
+    """The bench's scenario; `gpu`: the fraction of one GPU each actor (workers and server) asks for."""
     return {
         "name": "scaling",
         "task": task,
@@ -65,7 +76,7 @@ def scenario(
             "eval_every": 10**9,
         },
         "seeds": seeds or [0],
-        "runtime": {"backend": "ray", "num_workers": workers},
+        "runtime": {"backend": "ray", "num_workers": workers, "worker_num_gpus": gpu, "server_num_gpus": gpu},
     }
 
 
@@ -75,37 +86,39 @@ def pids(backend) -> list[int]:
     return ray.get([a.pid.remote() for a in [*backend.workers, backend.server_actor]])
 
 
-def scaling(task: dict, rounds: int, reps: int, out: Path, p: int = 5) -> tuple[dict, dict]:
-    """({variant: (median rounds/s with 1 worker, with 2)}, facts on start-up, reuse and equal losses)."""
+def scaling(
+    task: dict, rounds: int, reps: int, out: Path, p: int = 5, counts: tuple[int, ...] = (1, 2), gpu: float = 0.0
+) -> tuple[dict, dict]:
+    """({variant: {W: median rounds/s with W workers}}, facts on start-up, reuse and equal losses)."""
     from hosfl_sim.config import load_scenario
     from hosfl_sim.runtime import Engine
     from hosfl_sim.runtime.ray_backend import RayBackend
 
     backends, started = {}, {}
-    for w in (1, 2):
+    for w in counts:
         t0 = time.perf_counter()
-        backends[w] = RayBackend(load_scenario(scenario(task, w, rounds, p=p)).runtime)
+        backends[w] = RayBackend(load_scenario(scenario(task, w, rounds, p=p, gpu=gpu)).runtime)
         started[w] = (pids(backends[w]), time.perf_counter() - t0)  # pids() waits for the actors to be up
     times: dict[tuple[str, int], list[np.ndarray]] = {}
     firsts, losses = [], {}
     try:
         for r in range(reps):
             for variant in VARIANTS:
-                for w in (1, 2):
-                    sc = load_scenario(scenario(task, w, rounds, variant, p=p))
+                for w in counts:
+                    sc = load_scenario(scenario(task, w, rounds, variant, p=p, gpu=gpu))
                     summary = Engine(sc, backend=backends[w], progress=False).run_one(0, 0, out / f"{variant}{w}_{r}")
                     times.setdefault((variant, w), []).append(round_seconds(summary.run_dir, SKIP))
                     rows = pd.read_parquet(summary.run_dir / "rounds.parquet")
                     firsts.append(float(rows["wall_time_s"].iloc[0]))  # from the end of the run's setup
                     losses.setdefault(variant, rows["train_loss"].to_numpy())
-        reused = all(pids(backends[w]) == started[w][0] for w in (1, 2))
+        reused = all(pids(backends[w]) == started[w][0] for w in counts)
     finally:
         for b in backends.values():
             b.shutdown()
     median = {key: float(np.median(np.concatenate(ts))) for key, ts in times.items()}
-    rates = {v: (1.0 / median[v, 1], 1.0 / median[v, 2]) for v in VARIANTS}
+    rates = {v: {w: 1.0 / median[v, w] for w in counts} for v in VARIANTS}
     facts = {
-        "start_s": {w: started[w][1] for w in (1, 2)},
+        "start_s": {w: started[w][1] for w in counts},
         "reused": reused,
         "runs": len(firsts),
         "first_round_s": float(np.median(firsts)),
@@ -115,9 +128,9 @@ def scaling(task: dict, rounds: int, reps: int, out: Path, p: int = 5) -> tuple[
     return rates, facts
 
 
-def amdahl_bound(task: dict, rounds: int, out: Path, p: int = 5) -> tuple[float, float]:
-    """(client share of a round's compute, the best 2-worker speed-up it allows), measured in process: the
-    clients' anchors and probes split across workers, the server's step does not."""
+def client_share(task: dict, rounds: int, out: Path, p: int = 5) -> float:
+    """The clients' share of a round's compute, measured in process: the clients' anchors and probes split
+    across workers, the server's step does not."""
     from hosfl_sim.algorithms.hosfl import HOSFLClient, HOSFLServer
     from hosfl_sim.config import load_scenario
     from hosfl_sim.runtime import Engine
@@ -131,8 +144,12 @@ def amdahl_bound(task: dict, rounds: int, out: Path, p: int = 5) -> tuple[float,
     ):
         Engine(sc, backend=LocalBackend(1, 1), progress=False).run_one(0, 0, out / "amdahl")
     client = float(np.median(anchors[SKIP:]) + np.median(probes[SKIP:]))
-    share = client / (client + float(np.median(steps[SKIP:])))
-    return share, 1.0 / ((1.0 - share) + share / 2)
+    return client / (client + float(np.median(steps[SKIP:])))
+
+
+def bound(share: float, workers: int) -> float:
+    """Amdahl: the most W workers can speed a round up over 1 when only the clients' share splits."""
+    return 1.0 / ((1.0 - share) + share / workers)
 
 
 def run_all_reuse(out: Path) -> tuple[bool, int, float]:
@@ -156,32 +173,52 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="worker counts to compare (with 1)")
+    ap.add_argument("--gpu", action="store_true", help="every actor asks for an equal share of one GPU")
     args = ap.parse_args()
+    counts = tuple(sorted({1, *args.workers}))
     rounds, reps = (6, 1) if args.quick else (8, 2)
     import ray
+    import torch
 
     from hosfl_sim.config import RuntimeConfig
     from hosfl_sim.runtime.ray_backend import init_ray
 
     register()
-    # One instance for both pools: logical CPUs for 1 + 2 workers and 2 servers (the machine has what it has).
-    init_ray(RuntimeConfig(num_workers=5))
-    print(f"# worker scaling, {machine()}; K = 10, P = 5 unless named, batch 32, {rounds} rounds x {reps} per run")
+    # One instance for every pool: logical CPUs for all their workers and servers (the machine has what it has).
+    actors = sum(counts) + len(counts)
+    init_ray(RuntimeConfig(num_workers=actors - 1))
+    gpu = 0.0
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: no CUDA device here")
+        gpu = 1.0 / actors  # every pool's actors at once on one GPU
+    where = f"{actors} actors sharing one GPU ({gpu:.3f} each)" if gpu else "CPU actors"
+    print(
+        f"# worker scaling, {machine()}; K = 10, P = 5 unless named, batch 32, {rounds} rounds x {reps} per run; "
+        f"workers {', '.join(map(str, counts))}; {where}"
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.configs:
                 p, out = PERTURBATIONS.get(name, 5), Path(tmp) / name.replace(" ", "_").replace(",", "")
-                share, bound = amdahl_bound(CONFIGS[name], rounds, out, p)
-                print(f"  {name}: clients do {100 * share:.0f}% of a round's compute: 2 workers give <= {bound:.2f}x")
-                rates, facts = scaling(CONFIGS[name], rounds, reps, out, p)
-                for variant, (r1, r2) in rates.items():
-                    detail = f"{r1:.2f} vs {r2:.2f} rounds/s"
-                    ok = r2 / r1 >= 1.6
-                    print(ratio_line(f"2 workers / 1, {name}, {variant}", r2 / r1, ">= 1.6", ok, detail))
+                share = client_share(CONFIGS[name], rounds, out, p)
+                bounds = ", ".join(f"{w} workers <= {bound(share, w):.2f}x" for w in counts[1:])
+                print(f"  {name}: clients do {100 * share:.0f}% of a round's compute (in process, CPU): {bounds}")
+                rates, facts = scaling(CONFIGS[name], rounds, reps, out, p, counts, gpu)
+                for variant, rate in rates.items():
+                    for w in counts[1:]:
+                        r = rate[w] / rate[1]
+                        detail = f"{rate[1]:.2f} vs {rate[w]:.2f} rounds/s"
+                        if w == 2:  # the issue's target; more workers: printed against their Amdahl bound
+                            print(ratio_line(f"2 workers / 1, {name}, {variant}", r, ">= 1.6", r >= 1.6, detail))
+                        else:
+                            print(f"  {w} workers / 1, {name}, {variant}: {r:.3f} ({detail})")
                 s = facts["start_s"]
                 first, median = 1e3 * facts["first_round_s"], 1e3 * facts["round_s"]
+                starts = ", ".join(f"{s[w]:.1f} s ({w} + server)" for w in counts)
                 print(
-                    f"  actors start once per backend: {s[1]:.1f} s (1 worker + server), {s[2]:.1f} s (2 + server); "
+                    f"  actors start once per backend: {starts}; "
                     f"same pids after {facts['runs']} runs: {facts['reused']}; a run's first round {first:.0f} ms vs "
                     f"median round {median:.0f} ms; the proposals record hosfl's losses: {facts['same_losses']}"
                 )
