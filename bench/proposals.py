@@ -46,15 +46,8 @@ class ReferenceHOSFL(HOSFL):
     def charge_anchors(
         self, active: list[int], metas: dict, worker: dict, records: dict, backend: Backend, ledger: Ledger
     ) -> None:
-        clock = ledger.clock
-        for cid in active:
-            m = metas[cid]
-            if clock is not None:
-                clock.client_compute(cid, m["flops"])
-            ledger.charge("act_up", cid, m["act_bytes"])
-            ledger.charge("labels_up", cid, m["label_bytes"])
-            records[cid].compute_s += m["compute_s"]
-        _same(active, self.barrier(clock, active, backend, worker))
+        self.charge_uploads(active, metas, records, ledger)
+        _same(active, self.barrier(ledger.clock, active, backend, worker))
 
     def finish_step(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hosfl_sim.algorithms.replay import ReplayLog
+from hosfl_sim.algorithms.routing import keep_all, may_drop
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import AlgorithmConfig, FederationConfig, ModelConfig
 from hosfl_sim.data import ArrayDataset, Partition
@@ -511,6 +512,71 @@ class SeedBasedAlgorithm(Algorithm):
         if ledger.clock is not None and step == 0:
             active = ledger.clock.drop_failed(active)
         return seeds, active
+
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
+        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
+        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        active, losses = [int(c) for c in clients], []
+        for step in range(self.cfg.local_steps):
+            active = self.local_step(rnd, step, active, worker, records, losses, backend, ledger)
+            if not active:
+                break
+        samples = sum(r.samples for r in records.values())
+        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+
+    @abstractmethod
+    def local_step(
+        self,
+        rnd: int,
+        step: int,
+        active: list[int],
+        worker: dict[int, int],
+        records: dict[int, ClientRecord],
+        losses: list[float],
+        backend: Backend,
+        ledger: Ledger,
+    ) -> list[int]:
+        """One local step of the `active` clients; returns those still active (a barrier may drop some).
+        Appends the step's training losses to `losses` and accumulates into `records`."""
+
+    def charge_uploads(self, active: list[int], metas: dict[int, dict], records: dict, ledger: Ledger) -> None:
+        """Each client's forward on the clock, its activations and labels on the ledger, its measured compute."""
+        for cid in active:
+            m = metas[cid]
+            if ledger.clock is not None:
+                ledger.clock.client_compute(cid, m["flops"])
+            ledger.charge("act_up", cid, m["act_bytes"])
+            ledger.charge("labels_up", cid, m["label_bytes"])
+            records[cid].compute_s += m["compute_s"]
+
+    def kept_at_barrier(self, clock: Any, active: list[int], backend: Backend, worker: dict[int, int]) -> list[int]:
+        """The step's barrier. Where the clock could not drop anyone (`may_drop`), work may already have gone
+        out for every client, so a drop there is an error."""
+        if may_drop(clock):
+            return self.barrier(clock, active, backend, worker)
+        keep_all(active, self.barrier(clock, active, backend, worker))
+        return active
+
+    def around_barrier(
+        self,
+        clock: Any,
+        active: list[int],
+        backend: Backend,
+        worker: dict[int, int],
+        submit: Callable[[list[int]], Any],
+        charge: Callable[[], Any],
+    ) -> tuple[list[int], Any, Any]:
+        """A server phase and the barrier before it. Where no client can be dropped, `submit(active)` goes out
+        before `charge()` reads the clients' messages (the server works meanwhile); otherwise `charge()` runs,
+        the barrier keeps some clients and `submit(kept)` goes out for them (if any).
+        Returns (kept, what `submit` returned or None, what `charge` returned)."""
+        early = not may_drop(clock)
+        sent = submit(active) if early else None
+        charged = charge()
+        kept = self.kept_at_barrier(clock, active, backend, worker)
+        if not early and kept:
+            sent = submit(kept)
+        return kept, sent, charged
 
     def sync_workers(self, backend: Backend) -> None:
         backend.get([backend.client(w, "sync", self.log.for_worker(w)) for w in range(self.num_workers)])

@@ -26,7 +26,6 @@ import torch
 from hosfl_sim.algorithms.base import (
     Backend,
     ClientRecord,
-    RoundResult,
     SeedBasedAlgorithm,
     ServerRole,
     TaskSpec,
@@ -35,7 +34,7 @@ from hosfl_sim.algorithms.base import (
     tensor,
 )
 from hosfl_sim.algorithms.replay import mean_scalars
-from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all, make_plan, may_drop, planned, serve_each
+from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import ZOUpdater, make_optimizer
@@ -136,17 +135,6 @@ class HOSFL(SeedBasedAlgorithm):
     supports_policies = True
     pending_update: Any = None  # the last update_client call, read with the next step's server step
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses = [int(c) for c in clients], []
-        for step in range(self.cfg.local_steps):
-            active = self.local_step(rnd, step, active, worker, records, losses, backend, ledger)
-            if not active:
-                break
-        samples = sum(r.samples for r in records.values())
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
-
     def local_step(
         self,
         rnd: int,
@@ -170,34 +158,29 @@ class HOSFL(SeedBasedAlgorithm):
             for w, cs in groups.items()
         }
 
-        def charge_anchors() -> dict[int, dict]:
+        def submit(kept: list[int]) -> tuple[Any, dict]:  # the server's step, then the probes it unblocks
+            out = backend.server(
+                "train_step", make_plan(kept, groups), *[anchor[w][0] for w in groups], num_returns=len(groups) + 1
+            )
+            grads = dict(zip(groups, out))
+            cs = by_worker(kept, worker)
+            return out[-1], {w: backend.client(w, "probes", c, seeds, grads[w], num_returns=2) for w, c in cs.items()}
+
+        def charge() -> dict[int, dict]:
             metas = in_client_order(groups, backend.get([anchor[w][1] for w in groups]))
-            for cid in active:
-                m = metas[cid]
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-                records[cid].compute_s += m["compute_s"]
+            self.charge_uploads(active, metas, records, ledger)
             return metas
 
-        drop_before_step = may_drop(clock)
-        if drop_before_step:  # the server steps only on the clients the barrier keeps: wait for it
-            metas = charge_anchors()
-            active = self.barrier(clock, active, backend, worker)
-            if not active:
-                return active
+        # The whole step goes out before anything is read, unless the barrier can drop clients (then the
+        # server steps only on those it keeps); the accounting follows in message order either way.
+        active, sent, metas = self.around_barrier(clock, active, backend, worker, submit, charge)
+        if not active:
+            return active
+        server_meta, probe = sent
         kept = by_worker(active, worker)
-        uploads = [anchor[w][0] for w in groups]
-        out = backend.server("train_step", make_plan(active, groups), *uploads, num_returns=len(groups) + 1)
-        grads = dict(zip(groups, out))
-        probe = {w: backend.client(w, "probes", cs, seeds, grads[w], num_returns=2) for w, cs in kept.items()}
-        if not drop_before_step:  # the whole step is submitted: now the accounting, in message order
-            metas = charge_anchors()
-            keep_all(active, self.barrier(clock, active, backend, worker))
 
         # (with the previous step's update of the server's client copy, so an error there is raised)
-        server_meta, _ = backend.get([out[-1], self.pending_update])
+        server_meta, _ = backend.get([server_meta, self.pending_update])
         if clock is not None:
             clock.server_batch(active, server_meta["flops"])
         for cid, loss in zip(active, server_meta["losses"]):
@@ -213,12 +196,9 @@ class HOSFL(SeedBasedAlgorithm):
                 clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
             ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 v in R^P
             records[cid].compute_s += probe_metas[cid]["compute_s"]
-        if may_drop(clock):
-            active = self.barrier(clock, active, backend, worker)
-            if not active:
-                return active
-        else:
-            keep_all(active, self.barrier(clock, active, backend, worker))
+        active = self.kept_at_barrier(clock, active, backend, worker)
+        if not active:
+            return active
         # The server's aggregation: the average happens here, in its control logic, so the scalars go straight
         # to it (no extra hop through the server actor); its copy of the client part takes the step without
         # being waited for (calls to it run in order, so before anything that reads that copy).

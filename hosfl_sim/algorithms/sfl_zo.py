@@ -21,7 +21,6 @@ from torch.func import functional_call
 from hosfl_sim.algorithms.base import (
     Backend,
     ClientRecord,
-    RoundResult,
     SeedBasedAlgorithm,
     ServerRole,
     TaskSpec,
@@ -31,7 +30,7 @@ from hosfl_sim.algorithms.base import (
     to_tensors,
 )
 from hosfl_sim.algorithms.replay import mean_scalars
-from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all, make_plan, may_drop, planned, serve_each
+from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturbed_copies
@@ -116,52 +115,51 @@ class SFLZO(SeedBasedAlgorithm):
     server_role = SFLZOServer
     supports_policies = True
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
+    def local_step(
+        self,
+        rnd: int,
+        step: int,
+        active: list[int],
+        worker: dict[int, int],
+        records: dict[int, ClientRecord],
+        losses: list[float],
+        backend: Backend,
+        ledger: Ledger,
+    ) -> list[int]:
         cfg, clock = self.cfg, ledger.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses, samples = [int(c) for c in clients], [], 0
-        for step in range(cfg.local_steps):
-            seeds, active = self.open_step(rnd, step, active, ledger)
-            if not active:
-                break
-            server_seeds = derive_seeds(self.seed, rnd, step, cfg.perturbations, stream=SERVER_STREAM)
-            groups = by_worker(active, worker)
-            calls = {
-                w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
-                for w, cs in groups.items()
-            }
-            uploads = [calls[w][0] for w in groups]
-            early = not may_drop(clock)
-            if early:  # nobody can be dropped: the server's work goes out with the probes
-                s_bar, smeta = self.server_step(backend, seeds, server_seeds, make_plan(active, groups), uploads)
+        seeds, active = self.open_step(rnd, step, active, ledger)
+        if not active:
+            return active
+        server_seeds = derive_seeds(self.seed, rnd, step, cfg.perturbations, stream=SERVER_STREAM)
+        groups = by_worker(active, worker)
+        calls = {
+            w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
+            for w, cs in groups.items()
+        }
+        uploads = [calls[w][0] for w in groups]
+
+        def submit(kept: list[int]) -> tuple[Any, Any]:
+            return self.server_step(backend, seeds, server_seeds, make_plan(kept, groups), uploads)
+
+        def charge() -> dict[int, dict]:
             metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
-            for cid in active:
-                if clock is not None:
-                    clock.client_compute(cid, metas[cid]["flops"])
-                ledger.charge("act_up", cid, metas[cid]["act_bytes"])
-                ledger.charge("labels_up", cid, metas[cid]["label_bytes"])
-                records[cid].compute_s += metas[cid]["compute_s"]
-            if early:
-                keep_all(active, self.barrier(clock, active, backend, worker))
-            else:
-                active = self.barrier(clock, active, backend, worker)
-                if not active:
-                    break
-                s_bar, smeta = self.server_step(backend, seeds, server_seeds, make_plan(active, groups), uploads)
-            s_bar, smeta = backend.get([s_bar, smeta])
-            if clock is not None:
-                clock.server_batch(active, smeta["flops"])
-            for cid in active:
-                ledger.charge("scalar_down", cid, s_bar)
-                r = records[cid]
-                r.samples += metas[cid]["samples"]
-                r.train_loss = smeta["loss"]
-                samples += metas[cid]["samples"]
-            losses.append(smeta["loss"])
-            self.log.append(seeds, s_bar)
-            self.log.mark_seen(np.array(active))
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+            self.charge_uploads(active, metas, records, ledger)
+            return metas
+
+        active, sent, metas = self.around_barrier(clock, active, backend, worker, submit, charge)
+        if not active:
+            return active
+        s_bar, smeta = backend.get(list(sent))
+        if clock is not None:
+            clock.server_batch(active, smeta["flops"])
+        for cid in active:
+            ledger.charge("scalar_down", cid, s_bar)
+            records[cid].samples += metas[cid]["samples"]
+            records[cid].train_loss = smeta["loss"]
+        losses.append(smeta["loss"])
+        self.log.append(seeds, s_bar)
+        self.log.mark_seen(np.array(active))
+        return active
 
     @staticmethod
     def server_step(

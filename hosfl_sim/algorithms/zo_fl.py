@@ -22,6 +22,8 @@ A client dropped at a step does no further step this round; it catches up by rep
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,6 @@ from hosfl_sim.algorithms.base import (
     Backend,
     ClientRecord,
     ClientRole,
-    RoundResult,
     SeedBasedAlgorithm,
     ServerRole,
     TaskSpec,
@@ -41,7 +42,7 @@ from hosfl_sim.algorithms.base import (
 )
 from hosfl_sim.algorithms.fedavg import whole_model_flops
 from hosfl_sim.algorithms.replay import mean_scalars
-from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all, make_plan, may_drop, planned, serve_each
+from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm import Ledger
 from hosfl_sim.models import JoinedModel
@@ -124,24 +125,32 @@ class ZOFL(SeedBasedAlgorithm):
     server_role = ZOFLServer
     supports_policies = True
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
+    def local_step(
+        self,
+        rnd: int,
+        step: int,
+        active: list[int],
+        worker: dict[int, int],
+        records: dict[int, ClientRecord],
+        losses: list[float],
+        backend: Backend,
+        ledger: Ledger,
+    ) -> list[int]:
         cfg, clock = self.cfg, ledger.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses, samples = [int(c) for c in clients], [], 0
-        for step in range(cfg.local_steps):
-            seeds, active = self.open_step(rnd, step, active, ledger)
-            if not active:
-                break
-            groups = by_worker(active, worker)
-            calls = {
-                w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
-                for w, cs in groups.items()
-            }
-            scalars = [calls[w][0] for w in groups]
-            early = not may_drop(clock)
-            if early:  # nobody can be dropped: the aggregate goes out with the probes
-                s_bar = backend.server("aggregate", seeds, make_plan(active, groups), *scalars)
+        seeds, active = self.open_step(rnd, step, active, ledger)
+        if not active:
+            return active
+        groups = by_worker(active, worker)
+        calls = {
+            w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
+            for w, cs in groups.items()
+        }
+        scalars = [calls[w][0] for w in groups]
+
+        def submit(kept: list[int]) -> Any:  # the aggregate
+            return backend.server("aggregate", seeds, make_plan(kept, groups), *scalars)
+
+        def charge() -> dict[int, dict]:
             metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
             for cid in active:
                 m = metas[cid]
@@ -149,21 +158,18 @@ class ZOFL(SeedBasedAlgorithm):
                     clock.client_compute(cid, m["flops"])
                 ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 s in R^P
                 records[cid].compute_s += m["compute_s"]
-            if early:
-                keep_all(active, self.barrier(clock, active, backend, worker))
-            else:
-                active = self.barrier(clock, active, backend, worker)
-                if not active:
-                    break
-                s_bar = backend.server("aggregate", seeds, make_plan(active, groups), *scalars)
-            s_bar = backend.get(s_bar)
-            for cid in active:
-                m, r = metas[cid], records[cid]
-                ledger.charge("scalar_down", cid, s_bar)
-                r.samples += m["samples"]
-                r.train_loss = m["loss"]
-                samples += m["samples"]
-                losses.append(m["loss"])
-            self.log.append(seeds, s_bar)
-            self.log.mark_seen(np.array(active))
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+            return metas
+
+        active, s_bar, metas = self.around_barrier(clock, active, backend, worker, submit, charge)
+        if not active:
+            return active
+        s_bar = backend.get(s_bar)
+        for cid in active:
+            m, r = metas[cid], records[cid]
+            ledger.charge("scalar_down", cid, s_bar)
+            r.samples += m["samples"]
+            r.train_loss = m["loss"]
+            losses.append(m["loss"])
+        self.log.append(seeds, s_bar)
+        self.log.mark_seen(np.array(active))
+        return active
