@@ -43,7 +43,6 @@ bench: $(STAMP)  ## the performance targets as printed ratios (README, Performan
 	$(PY) -m bench.scale_clients
 	$(PY) -m bench.worker_scaling
 	$(PY) -m bench.recorder
-	$(PY) -m bench.ray_channels
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hosfl_sim tests bench

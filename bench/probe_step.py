@@ -32,8 +32,7 @@ MODELS = {  # name: (model, per-sample input shape, repetitions)
 }
 
 
-def kinds() -> dict[str, tuple[type, str]]:
-    return {kind: (HOSFLClient, kind) for kind in ("functional", "inplace", "batched")}
+KINDS = ("functional", "inplace", "batched")  # algorithm.probe
 
 
 def bench_model(name: str, quick: bool) -> list[str]:
@@ -41,8 +40,7 @@ def bench_model(name: str, quick: bool) -> list[str]:
     reps = max(3, reps // 5) if quick else reps
     base = vision_spec(model, shape, AlgorithmConfig(perturbations=P, mu=1e-3))
     clients = {
-        k: cls(dataclasses.replace(base, algorithm=dataclasses.replace(base.algorithm, probe=probe)))
-        for k, (cls, probe) in kinds().items()
+        k: HOSFLClient(dataclasses.replace(base, algorithm=dataclasses.replace(base.algorithm, probe=k))) for k in KINDS
     }
     seeds = derive_seeds(0, 1, 0, P)
     first = next(iter(clients.values()))

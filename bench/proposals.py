@@ -20,9 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from hosfl_sim.algorithms import ALGORITHMS
-from hosfl_sim.algorithms.base import Backend, ClientRecord, RoundResult, tensor
+from hosfl_sim.algorithms.base import Backend, ClientRecord, tensor
 from hosfl_sim.algorithms.hosfl import HOSFL, HOSFLServer
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.routing import keep_all
 from hosfl_sim.comm import Ledger
 
 
@@ -41,13 +42,22 @@ class FlatServer(HOSFLServer):
 
 
 class ReferenceHOSFL(HOSFL):
-    """The accounting both routings share, message by message in HOSFL's order (sync policy only)."""
+    """What both routings share: per-client anchor calls and HOSFL's accounting in its order (sync policy only:
+    every call goes out before a barrier could drop anyone)."""
+
+    def send_anchors(self, rnd: int, step: int, active: list[int], worker: dict, backend: Backend) -> dict:
+        return {
+            c: backend.client(worker[c], "anchor", self.log.for_worker(worker[c]), c, rnd, step, num_returns=2)
+            for c in active
+        }
 
     def charge_anchors(
-        self, active: list[int], metas: dict, worker: dict, records: dict, backend: Backend, ledger: Ledger
-    ) -> None:
+        self, active: list[int], anchors: dict, worker: dict, records: dict, backend: Backend, ledger: Ledger
+    ) -> dict:
+        metas = dict(zip(active, backend.get([anchors[c][1] for c in active])))
         self.charge_uploads(active, metas, records, ledger)
-        _same(active, self.barrier(ledger.clock, active, backend, worker))
+        keep_all(active, self.barrier(ledger.clock, active, backend, worker))
+        return metas
 
     def finish_step(
         self,
@@ -61,31 +71,14 @@ class ReferenceHOSFL(HOSFL):
         losses: list,
         backend: Backend,
         ledger: Ledger,
-    ) -> int:
-        """From the server's step to the log; returns the step's samples."""
-        cfg, clock = self.cfg, ledger.clock
-        server_meta, samples = backend.get(server_meta), 0
-        if clock is not None:
-            clock.server_batch(active, server_meta["flops"])
-        for cid, loss in zip(active, server_meta["losses"]):
-            ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
-            records[cid].train_loss = loss
-            records[cid].samples += metas[cid]["samples"]
-            samples += metas[cid]["samples"]
-        losses.extend(server_meta["losses"])
+    ) -> None:
+        """From the server's step to the log."""
+        self.charge_server_step(active, metas, backend.get(server_meta), records, losses, ledger)
         probe_metas = dict(zip(active, backend.get([probes[c][1] for c in active])))
-        for cid in active:
-            if clock is not None:
-                clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
-            ledger.charge("scalar_up", cid, 4 * cfg.perturbations)
-            records[cid].compute_s += probe_metas[cid]["compute_s"]
-        _same(active, self.barrier(clock, active, backend, worker))
+        self.charge_probes(active, metas, probe_metas, records, ledger)
+        keep_all(active, self.barrier(ledger.clock, active, backend, worker))
         v_bar = backend.get(backend.server("aggregate_flat", seeds, *[probes[c][0] for c in active]))
-        for cid in active:
-            ledger.charge("scalar_down", cid, v_bar)
-        self.log.append(seeds, v_bar)
-        self.log.mark_seen(np.array(active))
-        return samples
+        self.broadcast(seeds, v_bar, active, ledger)
 
 
 class PerClientHOSFL(ReferenceHOSFL):
@@ -93,28 +86,24 @@ class PerClientHOSFL(ReferenceHOSFL):
     summary = "HO-SFL with one actor call per client per phase (the routing HOSFL replaced; a benchmark reference)"
     server_role = FlatServer
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        cfg = self.cfg
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses, samples = [int(c) for c in clients], [], 0
-        for step in range(cfg.local_steps):
-            seeds, active = self.open_step(rnd, step, active, ledger)
-            calls = {
-                c: backend.client(worker[c], "anchor", self.log.for_worker(worker[c]), c, rnd, step, num_returns=2)
-                for c in active
-            }
-            metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
-            self.charge_anchors(active, metas, worker, records, backend, ledger)
-            out = backend.server("train_step_flat", *[calls[c][0] for c in active], num_returns=len(active) + 1)
-            probes = {c: backend.client(worker[c], "probe", c, seeds, g, num_returns=2) for c, g in zip(active, out)}
-            samples += self.finish_step(seeds, active, metas, out[-1], probes, worker, records, losses, backend, ledger)
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
-
-
-def _same(active: list[int], kept: list[int]) -> None:
-    if kept != active:
-        raise NotImplementedError("the routing benchmarks support the sync policy only")
+    def local_step(
+        self,
+        rnd: int,
+        step: int,
+        active: list[int],
+        worker: dict[int, int],
+        records: dict[int, ClientRecord],
+        losses: list[float],
+        backend: Backend,
+        ledger: Ledger,
+    ) -> list[int]:
+        seeds, active = self.open_step(rnd, step, active, ledger)
+        anchors = self.send_anchors(rnd, step, active, worker, backend)
+        metas = self.charge_anchors(active, anchors, worker, records, backend, ledger)
+        out = backend.server("train_step_flat", *[anchors[c][0] for c in active], num_returns=len(active) + 1)
+        probes = {c: backend.client(worker[c], "probe", c, seeds, g, num_returns=2) for c, g in zip(active, out)}
+        self.finish_step(seeds, active, metas, out[-1], probes, worker, records, losses, backend, ledger)
+        return active
 
 
 class PipelinedServer(FlatServer):
@@ -149,24 +138,25 @@ class PipelinedHOSFL(ReferenceHOSFL):
     summary = "HO-SFL with the server step split per client (a benchmark of a proposed runtime change)"
     server_role = PipelinedServer
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        cfg = self.cfg
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses, samples = [int(c) for c in clients], [], 0
-        for step in range(cfg.local_steps):
-            seeds, active = self.open_step(rnd, step, active, ledger)
-            calls = {
-                c: backend.client(worker[c], "anchor", self.log.for_worker(worker[c]), c, rnd, step, num_returns=2)
-                for c in active
-            }
-            grads = {c: backend.server("cut_grad", calls[c][0]) for c in active}  # each as its activation lands
-            probes = {c: backend.client(worker[c], "probe", c, seeds, grads[c], num_returns=2) for c in active}
-            done = backend.server("step")
-            metas = dict(zip(active, backend.get([calls[c][1] for c in active])))
-            self.charge_anchors(active, metas, worker, records, backend, ledger)
-            samples += self.finish_step(seeds, active, metas, done, probes, worker, records, losses, backend, ledger)
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+    def local_step(
+        self,
+        rnd: int,
+        step: int,
+        active: list[int],
+        worker: dict[int, int],
+        records: dict[int, ClientRecord],
+        losses: list[float],
+        backend: Backend,
+        ledger: Ledger,
+    ) -> list[int]:
+        seeds, active = self.open_step(rnd, step, active, ledger)
+        anchors = self.send_anchors(rnd, step, active, worker, backend)
+        grads = {c: backend.server("cut_grad", anchors[c][0]) for c in active}  # each as its activation lands
+        probes = {c: backend.client(worker[c], "probe", c, seeds, grads[c], num_returns=2) for c in active}
+        done = backend.server("step")
+        metas = self.charge_anchors(active, anchors, worker, records, backend, ledger)
+        self.finish_step(seeds, active, metas, done, probes, worker, records, losses, backend, ledger)
+        return active
 
 
 PROPOSALS = {cls.name: cls for cls in (PerClientHOSFL, PipelinedHOSFL)}

@@ -102,7 +102,7 @@ def main() -> None:
     print(f"log_round at round {early}: {1e6 * at_early:.1f} us; at round {late}: {1e6 * at_late:.1f} us")
     f_early, f_late = statistics.median(flushes[early]), statistics.median(flushes[late])
     print(f"one flush at round {early}: {1e3 * f_early:.2f} ms; at round {late}: {1e3 * f_late:.2f} ms")
-    every = getattr(Recorder, "flush_every_s", 0.0)
+    every = Recorder.flush_every_s
     if every > 0:
         print(
             f"  flushes come at most every {every:g} s: at round {late}, {100 * f_late / every:.2f}% of the wall time"

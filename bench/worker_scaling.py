@@ -7,8 +7,8 @@ alternating run by run; each rate is the median over all their rounds. HO-SFL, K
 - "client-heavy, P = 10": the first task at the reference code's default P, so more of a round is probes.
 Each first measures in process the clients' share of a round's compute and the 2-worker speed-up it
 allows at most (Amdahl: the server's step, all K backward passes between the anchors and the probes,
-does not split across workers; about 80% and 1.65x client-heavy, 88% and 1.78x at P = 10, 46% and
-1.30x quickstart).
+does not split across workers; measured here: about 82% and 1.70x client-heavy, 89% and 1.80x at P = 10,
+50% and 1.33x quickstart).
 Each also runs the two routings of bench/proposals.py (which must record hosfl's losses):
 `hosfl_per_client` (one actor call per client per phase: HOSFL's routing before it grouped its calls by
 worker) and `hosfl_pipelined` (the server's backward per client as its activation arrives, so probes

@@ -33,7 +33,7 @@ from hosfl_sim.config import AlgorithmConfig, FederationConfig, ModelConfig
 from hosfl_sim.data import ArrayDataset, Partition
 from hosfl_sim.memory import Measurement, MemoryMeter, static_bytes
 from hosfl_sim.models import SplitModel, build_split_model
-from hosfl_sim.zo import ZOUpdater
+from hosfl_sim.zo import ZOUpdater, derive_seeds, make_optimizer
 
 
 class Backend(Protocol):
@@ -210,8 +210,9 @@ def _cpu(tree: Any) -> Any:
 
 
 def _cpu_copy(tree: Any, memo: dict) -> Any:
-    """A deep copy of a state tree whose tensors are new CPU tensors (one copy from any device; ~10x faster than
-    copy.deepcopy). Tensors that are one view in `tree` (shared modules) stay one tensor in the copy."""
+    """A deep copy of a state tree whose tensors are new CPU tensors (one copy from any device, where
+    copy.deepcopy would copy on the device first). Tensors that are one view in `tree` (shared modules) stay
+    one tensor in the copy."""
     if isinstance(tree, torch.Tensor):
         key = (tree.data_ptr(), tree.device, tree.dtype, tuple(tree.shape), tree.stride())
         if key not in memo:
@@ -232,10 +233,12 @@ class RoleState:
     each name; torch.save stores the shared storage once.
     """
 
+    def _attr_states(self) -> dict[str, Any]:
+        return {name: v.state_dict() for name, v in _state_attrs(self).items()}
+
     def state_dict(self) -> dict[str, Any]:
         """CPU tensors and plain values; it may share tensors with the live role (as torch's state_dict does)."""
-        attrs = {name: v.state_dict() for name, v in _state_attrs(self).items()}
-        return {"attrs": _cpu(attrs), "torch_rng": torch.get_rng_state()}
+        return {"attrs": _cpu(self._attr_states()), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         attrs = _state_attrs(self)
@@ -247,8 +250,7 @@ class RoleState:
 
     def snapshot(self) -> None:
         """Keep a copy of the state in this process (the start of a round, so the round can be run again)."""
-        attrs = {name: v.state_dict() for name, v in _state_attrs(self).items()}
-        self._snapshot = {"attrs": _cpu_copy(attrs, {}), "torch_rng": torch.get_rng_state()}
+        self._snapshot = {"attrs": _cpu_copy(self._attr_states(), {}), "torch_rng": torch.get_rng_state()}
 
     def restore(self) -> None:
         """Back to the last snapshot; measurements of the abandoned work are dropped."""
@@ -302,8 +304,6 @@ class ClientRole(RoleState, Measured):
 
     def static_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer whose state a client keeps (predicted before its first step)."""
-        from hosfl_sim.zo import make_optimizer
-
         params = [p for p in self.split.client.parameters() if p.requires_grad]
         return make_optimizer(params, self.spec.algorithm.client_optimizer) if params else None
 
@@ -502,8 +502,6 @@ class SeedBasedAlgorithm(Algorithm):
         self.log = ReplayLog(self.federation.num_clients, self.num_workers)
 
     def open_step(self, rnd: int, step: int, active: list[int], ledger: Ledger) -> tuple[np.ndarray, list[int]]:
-        from hosfl_sim.zo import derive_seeds
-
         seeds = derive_seeds(self.seed, rnd, step, self.cfg.perturbations)
         for cid in active:
             if step == 0:

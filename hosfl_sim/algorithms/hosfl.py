@@ -148,7 +148,7 @@ class HOSFL(SeedBasedAlgorithm):
     ) -> list[int]:
         """One local step of the `active` clients; returns those still active (a barrier may drop some).
         Appends the server's per-client losses to `losses` and accumulates into `records`."""
-        cfg, clock = self.cfg, ledger.clock
+        clock = ledger.clock
         seeds, active = self.open_step(rnd, step, active, ledger)
         if not active:
             return active
@@ -181,21 +181,10 @@ class HOSFL(SeedBasedAlgorithm):
 
         # (with the previous step's update of the server's client copy, so an error there is raised)
         server_meta, _ = backend.get([server_meta, self.pending_update])
-        if clock is not None:
-            clock.server_batch(active, server_meta["flops"])
-        for cid, loss in zip(active, server_meta["losses"]):
-            ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
-            records[cid].train_loss = loss
-            records[cid].samples += metas[cid]["samples"]
-        losses.extend(server_meta["losses"])
+        self.charge_server_step(active, metas, server_meta, records, losses, ledger)
         probed = backend.get([probe[w] for w in kept])
         scalars = in_client_order(kept, [vs for vs, _ in probed])
-        probe_metas = in_client_order(kept, [ms for _, ms in probed])
-        for cid in active:
-            if clock is not None:
-                clock.client_compute(cid, cfg.perturbations * metas[cid]["flops"])
-            ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 v in R^P
-            records[cid].compute_s += probe_metas[cid]["compute_s"]
+        self.charge_probes(active, metas, in_client_order(kept, [ms for _, ms in probed]), records, ledger)
         active = self.kept_at_barrier(clock, active, backend, worker)
         if not active:
             return active
@@ -204,8 +193,34 @@ class HOSFL(SeedBasedAlgorithm):
         # being waited for (calls to it run in order, so before anything that reads that copy).
         v_bar = mean_scalars([scalars[c] for c in active])
         self.pending_update = backend.server("update_client", seeds, v_bar)
+        self.broadcast(seeds, v_bar, active, ledger)
+        return active
+
+    # The accounting of a step, message by message (shared with the benchmark routings of bench/proposals.py):
+    def charge_server_step(
+        self, active: list[int], metas: dict, server_meta: dict, records: dict, losses: list[float], ledger: Ledger
+    ) -> None:
+        """The server's step on the clock; each client's cut gradient down, its loss and its samples."""
+        if ledger.clock is not None:
+            ledger.clock.server_batch(active, server_meta["flops"])
+        for cid, loss in zip(active, server_meta["losses"]):
+            ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
+            records[cid].train_loss = loss
+            records[cid].samples += metas[cid]["samples"]
+        losses.extend(server_meta["losses"])
+
+    def charge_probes(self, active: list[int], metas: dict, probe_metas: dict, records: dict, ledger: Ledger) -> None:
+        """Each client's P probe forwards on the clock, its P scalars up, its measured compute."""
+        p = self.cfg.perturbations
+        for cid in active:
+            if ledger.clock is not None:
+                ledger.clock.client_compute(cid, p * metas[cid]["flops"])
+            ledger.charge("scalar_up", cid, 4 * p)  # float32 v in R^P
+            records[cid].compute_s += probe_metas[cid]["compute_s"]
+
+    def broadcast(self, seeds: np.ndarray, v_bar: np.ndarray, active: list[int], ledger: Ledger) -> None:
+        """(seeds, v_bar) down to the step's clients, and into the log."""
         for cid in active:
             ledger.charge("scalar_down", cid, v_bar)
         self.log.append(seeds, v_bar)
         self.log.mark_seen(np.array(active))
-        return active

@@ -8,7 +8,6 @@ replica applies the records it has not seen yet when it is next used.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,18 +46,7 @@ class ReplayLog:
         self.records: list[Record] = []
         self.client_seen = np.zeros(num_clients, dtype=np.int32)
         self.worker_seen = np.zeros(num_workers, dtype=np.int64)
-        self._reset_derived()
-
-    def _reset_derived(self) -> None:
-        # cumulative bytes of records[:i] (8 B each), so a catch-up is charged in O(1) however much it missed
-        self._seed_bytes, self._scalar_bytes = array("q", [0]), array("q", [0])
-        for r in self.records:
-            self._count(r)
         self._mark: ReplayMark | None = None
-
-    def _count(self, r: Record) -> None:
-        self._seed_bytes.append(self._seed_bytes[-1] + r.seeds.nbytes)
-        self._scalar_bytes.append(self._scalar_bytes[-1] + r.scalars.nbytes)
 
     def _move(self, client_ids: np.ndarray | int) -> None:
         """Set clients' positions to the end of the log, keeping their old ones for a rollback."""
@@ -71,8 +59,13 @@ class ReplayLog:
         return len(self.records)
 
     def append(self, seeds: np.ndarray, scalars: np.ndarray) -> None:
-        self.records.append(Record(np.asarray(seeds, np.uint64), np.asarray(scalars, np.float32)))
-        self._count(self.records[-1])
+        record = Record(np.asarray(seeds, np.uint64), np.asarray(scalars, np.float32))
+        if self.records and (record.seeds.shape, record.scalars.shape) != self._shape():
+            raise ValueError(f"a record of shape {record.seeds.shape} in a log of {self._shape()[0]}")
+        self.records.append(record)
+
+    def _shape(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.records[0].seeds.shape, self.records[0].scalars.shape
 
     def for_worker(self, worker: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Records the worker's replica still has to apply; marks them applied."""
@@ -81,12 +74,13 @@ class ReplayLog:
         return [(r.seeds, r.scalars) for r in self.records[start:]]
 
     def catch_up(self, ledger: Ledger, client_id: int) -> int:
-        """Charge the download of the records a virtual client missed (one message per category);
-        returns how many records it replays."""
+        """Charge the download of the records a virtual client missed (one message per category; every record
+        of a log has one size); returns how many records it replays."""
         seen, end = int(self.client_seen[client_id]), len(self.records)
         if end > seen:
-            ledger.charge("seed_down", client_id, self._seed_bytes[end] - self._seed_bytes[seen])
-            ledger.charge("scalar_down", client_id, self._scalar_bytes[end] - self._scalar_bytes[seen])
+            last = self.records[-1]
+            ledger.charge("seed_down", client_id, last.seeds, count=end - seen)
+            ledger.charge("scalar_down", client_id, last.scalars, count=end - seen)
         self._move(client_id)
         return end - seen
 
@@ -104,7 +98,6 @@ class ReplayLog:
         if mark is not self._mark:
             raise ValueError("only the latest mark of a replay log can be rolled back to")
         del self.records[mark.records :]
-        del self._seed_bytes[mark.records + 1 :], self._scalar_bytes[mark.records + 1 :]
         for ids, old in reversed(mark.undo):
             self.client_seen[ids] = old
         mark.undo.clear()
@@ -126,4 +119,4 @@ class ReplayLog:
         ]
         self.client_seen = np.asarray(state["client_seen"], dtype=np.int32).copy()
         self.worker_seen[:] = 0
-        self._reset_derived()
+        self._mark = None

@@ -23,7 +23,8 @@ CUT_POINTS = ["block1", "block2", "block3"]
 
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d run in channels-last layout on the CPU: the same outputs and gradients, and a forward
-    about 4x faster on this CNN's small maps (torch's NCHW CPU kernel is slow there; bench/probe_step.py)."""
+    faster on this CNN's small maps, where torch's NCHW CPU kernel is slow: 177 us against 18 us on a
+    32x16x8x8 map, which took the digits client's forward from 0.30 to 0.14-0.18 ms (README, Performance)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dim() != 4:

@@ -5,7 +5,7 @@ renamed over the old one: readers always see a complete file. Rewriting every ro
 O(rounds so far) per round, so `log_round` appends to memory and rewrites the files only when the last
 rewrite is `Recorder.flush_every_s` (2 s) old, or 20 times its own cost if that is longer (so rewrites take
 at most 5% of the run's time), and after a recorder's first round. Each row is turned into Arrow once; a
-rewrite concatenates and writes (at round 2,000 with K = 10: ~8 ms, against ~27 ms from the rows).
+rewrite concatenates and writes (at round 2,000 with K = 10: 9-15 ms in bench/recorder.py, against 27 ms from the rows).
 
 What is on disk:
 - every row logged, after `position()` (a checkpoint), `flush()` and `finish()` (the end of every run:
