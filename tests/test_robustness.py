@@ -246,6 +246,43 @@ def test_a_deferred_nan_check_stops_at_the_same_round_as_an_immediate_one(tmp_pa
     pd.testing.assert_frame_equal(logs[0][1], logs[1][1], check_exact=True)
 
 
+def test_an_error_in_a_call_never_waited_for_fails_the_run_even_in_its_last_round(tmp_path):
+    """HO-SFL does not wait for the server's `update_client` (it reads it with the next step); the engine reads
+    what is still unread with the round's end, so an error in the run's very last one is not lost."""
+    from hosfl_sim.runtime.local import LocalBackend
+
+    class Failed:  # a future whose call raised, as a Ray ObjectRef of a failed task is
+        pass
+
+    class LateFailure(LocalBackend):
+        """Runs every call at once, but the 3rd `update_client` fails, and only when its future is read."""
+
+        updates = 0
+
+        def server(self, method, *args, num_returns=1):
+            out = super().server(method, *args, num_returns=num_returns)
+            if method == "update_client":
+                self.updates += 1
+                return Failed() if self.updates == 3 else out
+            return out
+
+        def get(self, futures):
+            def check(x):
+                if isinstance(x, Failed):
+                    raise RuntimeError("update_client failed")
+                for v in x if isinstance(x, (list, tuple)) else ():
+                    check(v)
+
+            check(futures)
+            return futures
+
+    fed = {"num_clients": 8, "clients_per_round": 3, "rounds": 3, "eval_every": 100}
+    sc = load_scenario(tiny_scenario(federation=fed))  # one step a round: the 3rd update is the run's last call
+    with pytest.raises(RuntimeError, match="update_client failed"):
+        Engine(sc, backend=LateFailure(2, 1), progress=False).run_all(tmp_path)
+    assert read_manifest(tmp_path / "hosfl_seed0")["status"] == "failed"
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -468,6 +468,11 @@ class Algorithm(ABC):
             else:
                 target.bit_generator.state = copy.deepcopy(value)
 
+    def unread(self) -> list:
+        """Futures of calls this algorithm sent and has not read yet; the engine reads them with the round's
+        end, so an error in one is raised even after the run's last round."""
+        return []
+
     def worker_of(self, position: int) -> int:
         """Which worker serves the client at this position in the round's sample."""
         return position % self.num_workers

@@ -135,6 +135,9 @@ class HOSFL(SeedBasedAlgorithm):
     supports_policies = True
     pending_update: Any = None  # the last update_client call, read with the next step's server step
 
+    def unread(self) -> list:
+        return [] if self.pending_update is None else [self.pending_update]
+
     def local_step(
         self,
         rnd: int,

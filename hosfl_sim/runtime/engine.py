@@ -383,7 +383,8 @@ class Engine:
                 continue
             # One server call ends the round: the NaN/Inf check, fetched by _divergence once the round is logged,
             # and the snapshot the next round would restore (calls to the server run in the order they are made).
-            self._round_end = b.server("end_round", can_fail)
+            # The algorithm's unread calls are read with it, so their errors surface.
+            self._round_end = [b.server("end_round", can_fail), *algorithm.unread()]
             return result, clock, failed, memory
         raise RuntimeError(f"client workers died in {MAX_ATTEMPTS} runs of round {rnd}")
 
@@ -402,8 +403,8 @@ class Engine:
             first = state["round"] + 1
         if getattr(self.backend, "can_lose_workers", False):
             self.backend.get(self.backend.server("snapshot"))  # the first round's start (later: see _run_round)
-        self._round_end: Any = _NONE_PENDING  # the pending end_round call of the round just run
-        self._deferred: Any = _NONE_PENDING  # the previous round's end_round, when not waited for
+        self._round_end: Any = _NONE_PENDING  # the round just run: its end_round call, then its unread calls
+        self._deferred: Any = _NONE_PENDING  # the previous round's, when not waited for
         self._may_defer = False
         ledger = run.ledger
         bar = tqdm(
@@ -507,7 +508,7 @@ class Engine:
         pending, self._deferred = self._deferred, _NONE_PENDING
         if pending is _NONE_PENDING:
             return None
-        bad = self.backend.get(pending)  # on the local backend, the result itself
+        bad = self.backend.get(pending)[0]  # on the local backend, the result itself
         return None if bad is None else f"NaN or Inf in the server's {bad}"
 
     def _diverged(self, recorder: Recorder, algorithm: Any, seed: int, rnd: int, reason: str) -> None:
