@@ -37,7 +37,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)  ## the performance targets as printed ratios (README, Performance); about 6 minutes
+bench: $(STAMP)  ## the performance targets as printed ratios (README, Performance); about 4 minutes here
 	$(PY) -m bench.probe_step
 	$(PY) -m bench.engine_overhead
 	$(PY) -m bench.scale_clients
