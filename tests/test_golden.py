@@ -1,0 +1,22 @@
+"""Refactors keep the numbers: every algorithm's rounds.parquet and clients.parquet on small runs with churn,
+deadline drops, mid-round failures and over-commit equal the committed golden files exactly (host-dependent
+columns aside). A change that alters numbers on purpose regenerates them (`python -m tests.golden.make_golden`)
+in its own commit that says why."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from tests.golden.make_golden import HERE, SYSTEMS, run
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_runs_match_their_golden_files(tmp_path, system):
+    runs = run(system, tmp_path)
+    assert runs, "no algorithm ran"
+    for label, (rounds, clients) in runs.items():
+        for kind, got in (("rounds", rounds), ("clients", clients)):
+            want = pd.read_parquet(HERE / f"{label}.{kind}.parquet")
+            assert_frame_equal(got, want, check_exact=True, obj=f"{label}.{kind}")
