@@ -102,12 +102,26 @@ def to_tensors(features: dict[str, np.ndarray], device: torch.device | str) -> d
     return {k: tensor(v, device, torch.long if v.dtype.kind in "iub" else torch.float32) for k, v in features.items()}
 
 
+def local_steps_for(cfg: AlgorithmConfig, partition_size: int, batch_size: int) -> int:
+    """Mini-batches a sampled client processes in one round: `local_steps`, or with `local_epochs` full passes
+    over its partition, ceil(partition size / batch size) mini-batches each (the last one may be smaller)."""
+    if cfg.local_epochs is None:
+        return cfg.local_steps
+    return -(-int(partition_size) // batch_size) * cfg.local_epochs
+
+
 def sample_batch(spec: TaskSpec, client_id: int, round_idx: int, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The mini-batch of one virtual client at (round, step): a pure function of the run seed,
-    so any worker draws the same one."""
+    so any worker draws the same one. With `local_epochs`, step j of an epoch is the j-th slice of that
+    epoch's shuffle of the partition (every row once per epoch); otherwise a batch drawn afresh each step."""
     idx = spec.partition.client_indices(client_id)
+    size = spec.federation.batch_size
+    if spec.algorithm.local_epochs is not None:
+        epoch, j = divmod(step, -(-len(idx) // size))
+        order = np.random.default_rng([spec.seed, 13, client_id, round_idx, epoch]).permutation(len(idx))
+        return spec.train.batch(np.sort(idx[order[j * size : (j + 1) * size]]))
     rng = np.random.default_rng([spec.seed, 7, client_id, round_idx, step])
-    size = min(spec.federation.batch_size, len(idx))
+    size = min(size, len(idx))
     return spec.train.batch(np.sort(idx[rng.choice(len(idx), size=size, replace=False)]))
 
 
@@ -413,6 +427,8 @@ class Algorithm(ABC):
     # Whether run_round reports compute and barriers to `ledger.clock`, so the deadline and
     # over-commit policies can act on it. Others still get communication time (the ledger feeds it).
     supports_policies: ClassVar[bool] = False
+    # Whether it runs `local_epochs` (per client: ceil(partition size / batch) x epochs mini-batches a round).
+    supports_epochs: ClassVar[bool] = False
 
     def __init__(
         self, cfg: AlgorithmConfig, federation: FederationConfig, seed: int, num_workers: int, client_sizes: np.ndarray
@@ -472,6 +488,10 @@ class Algorithm(ABC):
         """Futures of calls this algorithm sent and has not read yet; the engine reads them with the round's
         end, so an error in one is raised even after the run's last round."""
         return []
+
+    def steps_of(self, client_id: int) -> int:
+        """Mini-batches the client processes this round (see `local_steps_for`)."""
+        return local_steps_for(self.cfg, self.client_sizes[client_id], self.federation.batch_size)
 
     def worker_of(self, position: int) -> int:
         """Which worker serves the client at this position in the round's sample."""

@@ -28,6 +28,7 @@ from hosfl_sim.algorithms.base import (
     ServerRole,
     TaskSpec,
     count_flops,
+    local_steps_for,
     nbytes,
     sample_batch,
     tensor,
@@ -65,8 +66,11 @@ class FedAvgClient(ClientRole):
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]
             opt = make_optimizer(params, self.spec.algorithm.client_optimizer)
-            losses, samples = [], 0
-            steps = self.spec.algorithm.local_steps
+            losses, samples, flops = [], 0, 0
+            fed = self.spec.federation
+            steps = local_steps_for(
+                self.spec.algorithm, len(self.spec.partition.client_indices(client_id)), fed.batch_size
+            )
             for step in range(steps):
                 feats, labels = sample_batch(self.spec, client_id, rnd, step)
                 x = to_tensors(feats, self.device)
@@ -77,8 +81,8 @@ class FedAvgClient(ClientRole):
                 opt.step()
                 losses.append(loss.item())
                 samples += len(labels)
+                flops += 3 * whole_model_flops(self, x)  # backward ~ 2x forward
             state = to_numpy(shared_state(model))
-        flops = steps * 3 * whole_model_flops(self, x)  # every step's batch has one size; backward ~ 2x forward
         return state, {"losses": losses, "samples": samples, "compute_s": t.seconds, "flops": flops}
 
 
@@ -104,6 +108,7 @@ class FedAvg(Algorithm):
     client_role = FedAvgClient
     server_role = FedAvgServer
     supports_policies = True
+    supports_epochs = True
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
         clock = ledger.clock

@@ -51,7 +51,7 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, to_numpy
+from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, split_steps, to_numpy
 from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK, begin_copies_round
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm import Ledger
@@ -209,17 +209,16 @@ class MUSplitFed(Algorithm):
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active, client_bytes, server_bytes = begin_copies_round(clients, worker, backend, ledger)
-        steps = []
-        for step in range(self.cfg.local_steps):
-            for cid in active:
-                up, meta = backend.client(worker[cid], "probe", cid, rnd, step, num_returns=2)
-                s, smeta = backend.server("step", cid, rnd, step, up, num_returns=2)
-                steps.append((cid, meta, smeta, backend.client(worker[cid], "update", cid, s)))
+
+        def send(cid: int, step: int) -> tuple:
+            up, meta = backend.client(worker[cid], "probe", cid, rnd, step, num_returns=2)
+            s, smeta = backend.server("step", cid, rnd, step, up, num_returns=2)
+            return cid, meta, smeta, backend.client(worker[cid], "update", cid, s)
+
+        steps = split_steps(self, active, send)
         uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        metas = backend.get([[m, s, u] for _, m, s, u in steps])
-        rows = [(cid, m, s, u) for (cid, *_), (m, s, u) in zip(steps, metas)]
         losses = charge_split_steps(
-            rows, len(active), clock, ledger, records, "scalar_down", lambda _, srv: srv["scalar_bytes"], backward=False
+            backend.get(steps), clock, ledger, records, "scalar_down", lambda _, srv: srv["scalar_bytes"], False
         )
         for cid in active:
             ledger.charge("model_up", cid, client_bytes)

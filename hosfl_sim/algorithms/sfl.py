@@ -72,8 +72,7 @@ def average_into(
 
 
 def charge_split_steps(
-    rows: list[tuple[int, dict, dict, dict]],
-    per_step: int,
+    steps: list[list[tuple[int, dict, dict, dict]]],
     clock: Any,
     ledger: Ledger,
     records: dict[int, ClientRecord],
@@ -83,13 +82,13 @@ def charge_split_steps(
 ) -> list[tuple[int, float]]:
     """The ledger and clock of split clients served by one main server, message by message.
 
-    `rows` are (client, its forward's meta, the server's meta, its follow-up's meta) in submission order: one
-    local step of all `per_step` clients, then the next. Per step: each client's forward and upload; the
-    server's work in arrival order (one server, one queue); the reply (`down`, `down_bytes(meta, server meta)`
-    bytes) and, with `backward`, the client's backward (~2x its forward). Returns (client, loss) per row."""
+    `steps[i]` holds the rows (client, its forward's meta, the server's meta, its follow-up's meta) of local
+    step i, in submission order (clients with fewer steps drop out of the later ones). Per step: each client's
+    forward and upload; the server's work in arrival order (one server, one queue); the reply (`down`,
+    `down_bytes(meta, server meta)` bytes) and, with `backward`, the client's backward (~2x its forward).
+    Returns (client, loss) per row."""
     losses = []
-    for first in range(0, len(rows), max(per_step, 1)):
-        batch = rows[first : first + per_step]
+    for batch in steps:
         for cid, m, _, _ in batch:
             if clock is not None:
                 clock.client_compute(cid, m["flops"])
@@ -108,6 +107,14 @@ def charge_split_steps(
             r.train_loss = srv["loss"]
             losses.append((cid, srv["loss"]))
     return losses
+
+
+def split_steps(algorithm: Algorithm, active: list[int], send: Callable[[int, int], tuple]) -> list[list[tuple]]:
+    """The local steps of a split round, sent: per step, `send(client, step)` for each client that still has a
+    mini-batch (`algorithm.steps_of`), in client order; it returns the row (client, futures...). `backend.get`
+    of the result reads every row, the shape `charge_split_steps` takes."""
+    count = {cid: algorithm.steps_of(cid) for cid in active}
+    return [[send(cid, step) for cid in active if step < count[cid]] for step in range(max(count.values(), default=0))]
 
 
 class SFLClient(ClientRole):
@@ -192,6 +199,7 @@ class SFL(Algorithm):
     client_role = SFLClient
     server_role = SFLServer
     supports_policies = True
+    supports_epochs = True
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
         clock = ledger.clock
@@ -206,17 +214,16 @@ class SFL(Algorithm):
             active = clock.drop_failed(active)
         for cid in active:
             backend.client(worker[cid], "begin", cid, global_state)
-        steps = []
-        for step in range(self.cfg.local_steps):
-            for cid in active:
-                up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
-                g, smeta = backend.server("train_step", up, num_returns=2)
-                steps.append((cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)))
+
+        def send(cid: int, step: int) -> tuple:
+            up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
+            g, smeta = backend.server("train_step", up, num_returns=2)
+            return cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)
+
+        steps = split_steps(self, active, send)
         uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        metas = backend.get([[m, s, b] for _, m, s, b in steps])
-        rows = [(cid, m, s, b) for (cid, *_), (m, s, b) in zip(steps, metas)]
         step_losses = charge_split_steps(
-            rows, len(active), clock, ledger, records, "grad_down", lambda m, _: m["grad_bytes"], backward=True
+            backend.get(steps), clock, ledger, records, "grad_down", lambda m, _: m["grad_bytes"], backward=True
         )
         losses = [loss for _, loss in step_losses]
         samples = sum(records[c].samples for c in active)

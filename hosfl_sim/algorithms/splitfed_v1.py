@@ -44,7 +44,15 @@ from hosfl_sim.algorithms.base import (
     tensor,
     to_tensors,
 )
-from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, charge_split_steps, shared_state, to_numpy
+from hosfl_sim.algorithms.sfl import (
+    SFLClient,
+    SFLServer,
+    average_into,
+    charge_split_steps,
+    shared_state,
+    split_steps,
+    to_numpy,
+)
 from hosfl_sim.comm import Ledger
 from hosfl_sim.zo import make_optimizer
 
@@ -119,23 +127,23 @@ class SplitFedV1(Algorithm):
     client_role = SFLClient
     server_role = SplitFedV1Server
     supports_policies = True
+    supports_epochs = True
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
         clock = ledger.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active, client_bytes, server_bytes = begin_copies_round(clients, worker, backend, ledger)
-        steps = []
-        for step in range(self.cfg.local_steps):
-            for cid in active:
-                up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
-                g, smeta = backend.server("copy_step", cid, up, num_returns=2)
-                steps.append((cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)))
+
+        def send(cid: int, step: int) -> tuple:
+            up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
+            g, smeta = backend.server("copy_step", cid, up, num_returns=2)
+            return cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)
+
+        steps = split_steps(self, active, send)
         uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        metas = backend.get([[m, s, b] for _, m, s, b in steps])
-        rows = [(cid, m, s, b) for (cid, *_), (m, s, b) in zip(steps, metas)]
         losses = charge_split_steps(
-            rows, len(active), clock, ledger, records, "grad_down", lambda _, srv: srv["grad_bytes"], backward=True
+            backend.get(steps), clock, ledger, records, "grad_down", lambda _, srv: srv["grad_bytes"], backward=True
         )
         for cid in active:
             ledger.charge("model_up", cid, client_bytes)

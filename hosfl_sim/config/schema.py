@@ -138,6 +138,9 @@ class AlgorithmConfig:
     name: str = "hosfl"  # see `hosfl-sim list --algorithms`
     label: str | None = None  # how plots and tables name it (default: the algorithm's name)
     local_steps: int = 1  # mini-batches each sampled client processes per round
+    # full passes over the client's partition per round instead: ceil(partition size / batch) x local_epochs
+    # mini-batches, each epoch a fresh shuffle (first-order methods that take it; exclusive with local_steps)
+    local_epochs: int | None = None
     perturbations: int = 5  # P
     mu: float = 1e-3  # perturbation scale
     distribution: Literal["gaussian", "rademacher"] = "gaussian"
@@ -155,6 +158,11 @@ class AlgorithmConfig:
 
     def check(self, path: str) -> None:
         _require(self.local_steps >= 1, f"{path}.local_steps", self.local_steps, "an integer >= 1")
+        e = self.local_epochs
+        _require(e is None or e >= 1, f"{path}.local_epochs", e, "an integer >= 1 or null")
+        if e is not None:
+            expected = "1 (the default) when local_epochs is set: a round is then local_epochs full passes"
+            _require(self.local_steps == 1, f"{path}.local_steps", self.local_steps, expected)
         _require(self.perturbations >= 1, f"{path}.perturbations", self.perturbations, "an integer >= 1 (P)")
         _require(self.mu > 0, f"{path}.mu", self.mu, "a number > 0")
         for name in ("server_steps", "align_every", "aux_passes", "aux_buffer"):

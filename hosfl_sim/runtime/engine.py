@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from hosfl_sim.algorithms import TaskSpec, get_algorithm
+from hosfl_sim.algorithms import ALGORITHMS, TaskSpec, get_algorithm
 from hosfl_sim.algorithms.base import RoundResult, count_flops, to_tensors
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import ConfigError, Scenario, to_dict
@@ -208,7 +208,13 @@ class Engine:
                 self._check_deadline(split, spec, profiles)
 
     def _check_policy(self, index: int, algo_cls: type) -> None:
+        """The scenario asks nothing of the algorithm that it does not do: round policies, local epochs."""
         system = self.scenario.system
+        epochs = self.scenario.algorithms[index].local_epochs
+        if epochs is not None and not algo_cls.supports_epochs:
+            takes = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.supports_epochs))
+            expected = f"null for {algo_cls.name} (set local_steps; local_epochs is for {takes})"
+            raise ConfigError(f"algorithms[{index}].local_epochs", epochs, expected)
         if algo_cls.supports_policies:
             return
         if system.policy != "sync":
