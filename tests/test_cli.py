@@ -38,6 +38,10 @@ def test_run_writes_run_directories_and_a_summary(tmp_path, capsys):
         rounds = pd.read_parquet(run / "rounds.parquet")
         assert ROUND_COLUMNS <= set(rounds.columns) and rounds["round"].tolist() == [1, 2, 3]
         assert rounds["test_acc"].isna().tolist() == [True, False, False]
+        # the paper's metric: the running best over the evaluations so far
+        acc = rounds["test_acc"].tolist()
+        assert rounds["best_test_acc"].tolist()[1:] == [acc[1], max(acc[1], acc[2])]
+        assert pd.isna(rounds["best_test_acc"].iloc[0])
         assert (rounds["samples_seen"].diff().dropna() == 5 * 32).all()
         clients = pd.read_parquet(run / "clients.parquet")
         assert len(clients) == 3 * 5 and {"client_id", "bytes_up", "bytes_down", "compute_s"} <= set(clients.columns)

@@ -74,6 +74,7 @@ class _Progress:
     ledger: Ledger
     samples_seen: int = 0
     sim_time: float = 0.0
+    best_acc: float | None = None  # the best test accuracy evaluated so far (the paper's metric)
     wall_before: float = 0.0  # wall seconds of the run before this process took it up
     started: float = field(default_factory=time.perf_counter)
 
@@ -86,6 +87,7 @@ class _Progress:
             "ledger": self.ledger.state_dict(),
             "samples_seen": self.samples_seen,
             "sim_time": self.sim_time,
+            "best_acc": self.best_acc,
             "wall_time_s": self.wall_time(),
         }
 
@@ -94,6 +96,12 @@ class _Progress:
         self.ledger.load_state_dict(state["ledger"])
         self.samples_seen, self.sim_time = int(state["samples_seen"]), float(state["sim_time"])
         self.wall_before = float(state["wall_time_s"])
+        self.best_acc = state.get("best_acc")
+
+    def evaluated(self, acc: float) -> float:
+        """Take in an evaluation's accuracy; returns the best so far."""
+        self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+        return self.best_acc
 
 
 def _client_rows(
@@ -453,6 +461,7 @@ class Engine:
                 "train_loss": result.train_loss,
                 "test_loss": None,
                 "test_acc": None,
+                "best_test_acc": run.best_acc,
                 "wall_time_s": run.wall_time(),
                 "sim_time_s": run.sim_time,
                 "round_duration_s": duration,
@@ -469,6 +478,7 @@ class Engine:
             }
             if rnd % fed.eval_every == 0 or last:
                 row.update(self.backend.get(self.backend.server("evaluate")))
+                row["best_test_acc"] = run.evaluated(row["test_acc"])
             recorder.log_round(row, client_rows)
             acc = row["test_acc"]
             bar.set_postfix(loss=f"{result.train_loss:.3f}", acc="-" if acc is None else f"{100 * acc:.1f}%")

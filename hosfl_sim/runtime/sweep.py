@@ -58,7 +58,7 @@ TOKEN = ".sweep_token"  # a run whose node reads the same token sees the sweep d
 DONE = ("completed", "diverged")  # a run that ended on its own: rerunning it gives the same numbers
 _SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "grid", "cpus_per_run")
 # Index columns beside the varied keys; the final values come from each run's last round.
-_FINAL_COLUMNS = ("rounds", "test_acc", "test_loss", "train_loss", "samples_seen", "bytes_total", "sim_time_s")
+_FINAL_COLUMNS = ("rounds", "test_acc", "best_test_acc", "test_loss", "train_loss", "samples_seen", "bytes_total", "sim_time_s")
 _FINAL_COLUMNS += ("wall_time_s",)
 _RUN_COLUMNS = ("path", "status", "algorithm", "seed", "config_sha256", "host", "error")
 _NOT_HASHED = ("name", "description", "output_dir", "runtime", "seeds", "algorithms")  # no effect on numbers
@@ -285,10 +285,10 @@ def _final_metrics(run_dir: Path) -> dict[str, Any]:
         return {}
     last = r.iloc[-1]
     out: dict[str, Any] = {"rounds": int(last["round"])}
-    for col in ("test_acc", "test_loss"):
+    for col in ("test_acc", "best_test_acc", "test_loss"):
         if col in r and r[col].notna().any():
             out[col] = float(r[col].dropna().iloc[-1])
-    for col in _FINAL_COLUMNS[3:]:
+    for col in _FINAL_COLUMNS[4:]:
         if col in r and pd.notna(last[col]):
             out[col] = last[col].item() if hasattr(last[col], "item") else last[col]
     return out
