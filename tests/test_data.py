@@ -324,6 +324,7 @@ def _check_cover(p: Partition, n: int, num_clients: int) -> None:
 SCHEMES = [
     PartitionConfig(scheme="iid"),
     PartitionConfig(scheme="dirichlet", alpha=0.5),
+    PartitionConfig(scheme="dirichlet_balanced", alpha=1.0),
     PartitionConfig(scheme="shards"),
 ]
 
@@ -375,6 +376,23 @@ def test_dirichlet_skew_grows_as_alpha_shrinks(digits):
     assert p.sizes().min() >= 10
 
 
+def test_balanced_dirichlet_gives_equal_sizes_and_keeps_label_skew(digits):
+    """DeComFL's split: every client holds n // N rows (one more for the first n mod N), the labels stay
+    skewed, more so as alpha shrinks, and approach IID for large alpha."""
+    labels = digits.train.labels
+    n = len(labels)
+
+    def split(alpha: float) -> Partition:
+        return partition_dataset(labels, 20, PartitionConfig("dirichlet_balanced", alpha=alpha), 3)
+
+    for alpha in (0.1, 1.0, 100.0):
+        sizes = split(alpha).sizes()
+        np.testing.assert_array_equal(sizes, n // 20 + (np.arange(20) < n % 20))
+    ent = {a: _mean_label_entropy(split(a), labels, 10) for a in (0.1, 1.0, 100.0)}
+    assert ent[0.1] < ent[1.0] < ent[100.0]
+    assert ent[1.0] < 0.9 * np.log(10) < ent[100.0]
+
+
 def test_shards_limit_classes_per_client():
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 60))  # 600 rows, 60 per class
     for k in (1, 2, 3):
@@ -397,3 +415,25 @@ def test_partition_errors_name_the_field():
     with pytest.raises(ConfigError) as e:
         partition_dataset(labels, 10, PartitionConfig("shards", classes_per_client=4), seed=0)
     assert e.value.path == "task.partition.classes_per_client"
+
+
+@pytest.mark.parametrize("mode", ["cifar", "imagenet", "none"])
+def test_fixed_normalization_uses_its_constants_on_both_splits(tmp_path, mode):
+    from hosfl_sim.data.sources import FIXED_STATS
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)  # NHWC, as CIFAR is stored
+    y = np.arange(12) % 3
+    np.savez(tmp_path / "c.npz", x_train=x[:8], y_train=y[:8], x_test=x[8:], y_test=y[8:])
+    data = load_dataset(DatasetConfig(name="npz", path=str(tmp_path / "c.npz"), normalize=mode))
+    want = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    if mode != "none":
+        mean, std = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in FIXED_STATS[mode])
+        want = (want - mean) / std
+    np.testing.assert_allclose(data.train.features["x"], want[:8], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(data.test.features["x"], want[8:], rtol=1e-6, atol=1e-6)
+
+
+def test_fixed_normalization_refuses_inputs_that_are_not_rgb_images():
+    with pytest.raises(ConfigError, match="task.dataset.normalize: got 'cifar'"):
+        load_dataset(DatasetConfig(name="digits", normalize="cifar"))

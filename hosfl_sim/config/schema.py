@@ -47,6 +47,9 @@ class DatasetConfig:
     max_train: int | None = None  # cap on training samples (None: all)
     max_test: int | None = None
     seed: int = 0  # seed of the train/test split and subsampling
+    # image inputs: per-channel statistics of the training rows, fixed constants (`cifar`: the paper's code's
+    # CIFAR mean/std, `imagenet`: torchvision's), or pixels in [0, 1] as they are
+    normalize: Literal["train_stats", "cifar", "imagenet", "none"] = "train_stats"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # text tasks (language models)
     text_column: str | None = None
@@ -64,9 +67,10 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    scheme: Literal["iid", "dirichlet", "shards"] = "iid"
-    alpha: float = 0.5  # Dirichlet concentration (dirichlet only)
-    min_size: int = 2  # smallest partition the Dirichlet draw may leave
+    # dirichlet_balanced: DeComFL's split (Dirichlet label skew, then rebalanced to equal sizes)
+    scheme: Literal["iid", "dirichlet", "dirichlet_balanced", "shards"] = "iid"
+    alpha: float = 0.5  # Dirichlet concentration (dirichlet, dirichlet_balanced)
+    min_size: int = 2  # smallest partition the Dirichlet draw may leave (dirichlet only)
     classes_per_client: int = 2  # shards only
 
     def check(self, path: str) -> None:

@@ -1,4 +1,4 @@
-"""Which training rows each virtual client holds: IID, Dirichlet label skew, or label shards.
+"""Which training rows each virtual client holds: IID, Dirichlet label skew (plain or rebalanced), or shards.
 
 Every scheme is vectorized (no Python loop over clients or samples) and owns its generator,
 so 60,000 rows over 10,000 clients take milliseconds and the same seed gives the same partition.
@@ -129,6 +129,40 @@ class DirichletPartitioner:
         client_of[moved] = np.repeat(np.arange(num_clients, dtype=np.int64), deficit)
 
 
+class BalancedDirichletPartitioner:
+    """DeComFL's non-IID split, as the paper's language runs use it: each client draws class proportions from
+    Dir(alpha * p) (p: the classes' shares of the data), each class is cut among the clients in proportion to
+    their draws, then random rows move from clients above their share to clients below it, so that every
+    client ends with n // N rows (the n mod N left over go one each to the first clients, where DeComFL
+    leaves them out). Label skew survives where the rows moved are few, that is for alpha not too small."""
+
+    def __init__(self, alpha: float, seed: int):
+        self.alpha = alpha
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, labels: np.ndarray, num_clients: int) -> Partition:
+        _, y = np.unique(labels, return_inverse=True)
+        per_class = np.bincount(y)  # (C,)
+        n = len(y)
+        props = self.rng.dirichlet(self.alpha * per_class / n, size=num_clients)  # (N, C): a client's mix
+        props[:, props.sum(axis=0) == 0] = 1.0  # a class nobody drew (underflow at tiny alpha): cut evenly
+        cum = np.cumsum(props, axis=0) / props.sum(axis=0)  # (N, C): each class's cut points over the clients
+        bounds = np.floor(cum * per_class).astype(np.int64)
+        bounds[-1] = per_class  # the last cut point is the class's end (rounding)
+        counts = np.diff(bounds, axis=0, prepend=0).T  # (C, N) rows of class c that client i gets
+        client_of = np.empty(n, dtype=np.int64)
+        clients = np.tile(np.arange(num_clients, dtype=np.int64), len(per_class))
+        client_of[_grouped_by_label(y, self.rng)] = np.repeat(clients, counts.ravel())
+        target = n // num_clients + (np.arange(num_clients) < n % num_clients)
+        sizes = np.bincount(client_of, minlength=num_clients)
+        order = _grouped_by_label(client_of, self.rng)  # rows grouped by client, random within
+        rank = np.arange(n) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        surplus = order[rank >= target[client_of[order]]]  # each client keeps `target` of its rows
+        deficit = np.maximum(target - sizes, 0)
+        client_of[self.rng.permutation(surplus)] = np.repeat(np.arange(num_clients, dtype=np.int64), deficit)
+        return Partition.from_assignment(client_of, num_clients)
+
+
 class ShardPartitioner:
     """Sort rows by label, cut them into num_clients * classes_per_client near-equal shards and deal
     each client classes_per_client shards at random (McMahan et al.'s pathological non-IID split).
@@ -168,8 +202,10 @@ def partition_dataset(labels: np.ndarray, num_clients: int, cfg: PartitionConfig
         partitioner = IidPartitioner(seed)
     elif cfg.scheme == "dirichlet":
         partitioner = DirichletPartitioner(cfg.alpha, cfg.min_size, seed)
+    elif cfg.scheme == "dirichlet_balanced":
+        partitioner = BalancedDirichletPartitioner(cfg.alpha, seed)
     elif cfg.scheme == "shards":
         partitioner = ShardPartitioner(cfg.classes_per_client, seed)
     else:
-        raise ConfigError("task.partition.scheme", cfg.scheme, "one of iid, dirichlet, shards")
+        raise ConfigError("task.partition.scheme", cfg.scheme, "one of iid, dirichlet, dirichlet_balanced, shards")
     return partitioner(labels, num_clients)

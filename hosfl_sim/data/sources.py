@@ -139,10 +139,28 @@ def finish(
     if keep is not None:
         x_test, y_test = x_test[keep], y_test[keep]
     x_train, x_test = as_float(to_nchw(x_train)), as_float(to_nchw(x_test))
-    if normalize:
-        mean, std = channel_stats(x_train)
+    if normalize and cfg.normalize != "none":
+        if cfg.normalize == "train_stats":
+            mean, std = channel_stats(x_train)
+        else:
+            mean, std = _fixed_stats(cfg.normalize, x_train)
         x_train, x_test = standardize(x_train, mean, std), standardize(x_test, mean, std)
     return DataSplit(name, ArrayDataset({"x": x_train}, y_train, k), ArrayDataset({"x": x_test}, y_test, k))
+
+
+# Fixed per-channel (mean, std) of pixels in [0, 1]: the CIFAR constants of the paper's code, torchvision's ImageNet.
+FIXED_STATS = {
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def _fixed_stats(name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = (np.asarray(v, np.float32) for v in FIXED_STATS[name])
+    if x.ndim != 4 or x.shape[1] != len(mean):
+        expected = f"train_stats or none for inputs of shape {x.shape[1:]} ({name} is for 3-channel images)"
+        raise ConfigError("task.dataset.normalize", name, expected)
+    return mean, std
 
 
 def _require_path(cfg: DatasetConfig, expected: str) -> Path:

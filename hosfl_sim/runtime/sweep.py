@@ -58,7 +58,16 @@ TOKEN = ".sweep_token"  # a run whose node reads the same token sees the sweep d
 DONE = ("completed", "diverged")  # a run that ended on its own: rerunning it gives the same numbers
 _SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "grid", "cpus_per_run")
 # Index columns beside the varied keys; the final values come from each run's last round.
-_FINAL_COLUMNS = ("rounds", "test_acc", "best_test_acc", "test_loss", "train_loss", "samples_seen", "bytes_total", "sim_time_s")
+_FINAL_COLUMNS = (
+    "rounds",
+    "test_acc",
+    "best_test_acc",
+    "test_loss",
+    "train_loss",
+    "samples_seen",
+    "bytes_total",
+    "sim_time_s",
+)
 _FINAL_COLUMNS += ("wall_time_s",)
 _RUN_COLUMNS = ("path", "status", "algorithm", "seed", "config_sha256", "host", "error")
 _NOT_HASHED = ("name", "description", "output_dir", "runtime", "seeds", "algorithms")  # no effect on numbers
