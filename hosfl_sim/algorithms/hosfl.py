@@ -100,6 +100,8 @@ class HOSFLServer(ServerRole):
         """First-order step on the activations `groups[g][j]` for (g, j) in `plan` (the kept clients, in
         client order); returns, per group, the cut gradients of its planned uploads, then the losses and FLOPs."""
         uploads = planned(plan, groups)
+        cfg, k = self.spec.algorithm, len(uploads)
+        weight = 1.0 / k if cfg.cut_grad_scale == "1/K" else 1.0  # each loss's weight in the backward
         self.optimizer.zero_grad(set_to_none=True)
         grads, losses, flops = [], [], 0
         for up in uploads:
@@ -107,12 +109,15 @@ class HOSFLServer(ServerRole):
             y = tensor(up["y"], self.device)
             flops += 3 * self.forward_flops(a, up["side"])  # forward + backward (~2x forward)
             loss = self.loss(self.server_forward(a, up["side"]), y)
-            loss.backward()
-            grads.append(a.grad.cpu().numpy())  # dl_k/da_k, same shape and dtype as a
+            loss.backward(torch.full_like(loss, weight))
+            grads.append(a.grad.cpu().numpy())  # weight x dl_k/da_k, same shape and dtype as a
             losses.append(loss.item())
-        for p in self.params:  # average of the K clients' parameter gradients
-            if p.grad is not None:
-                p.grad.div_(len(uploads))
+        # the parameter gradient is now weight x sum_k dl_k/dtheta: scale it to (1/K or 1/K^2) x the sum
+        divisor = k if cfg.server_grad_scale == "1/K^2" else 1
+        divisor *= 1 if cfg.cut_grad_scale == "1/K" else k
+        for p in self.params:
+            if p.grad is not None and divisor != 1.0:
+                p.grad.div_(divisor)
         self.optimizer.step()
         per_group: list[list[np.ndarray]] = [[] for _ in groups]
         for (g, _), grad in zip(plan, grads):

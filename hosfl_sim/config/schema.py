@@ -151,6 +151,12 @@ class AlgorithmConfig:
     probe: Literal["functional", "inplace", "batched"] = "functional"  # how ZO probes perturb the client (zo_client.py)
     client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # HO-SFL: how the server scales gradients over the K clients of a step. Ours: each client's loss with
+    # weight 1 (g = dl_k/da), the server's gradient averaged (1/K). The paper's code back-propagates each
+    # loss with weight 1/K (cut_grad_scale "1/K", both runners) and its vision runner then divides the
+    # server's gradient by K again (server_grad_scale "1/K^2"). AdamW is nearly blind to either scale.
+    cut_grad_scale: Literal["1", "1/K"] = "1"
+    server_grad_scale: Literal["1/K", "1/K^2"] = "1/K"
     # MU-SplitFed
     server_steps: int = 2  # tau: server zeroth-order steps per client step
     global_lr: float = 0.3  # eta_g: theta += global_lr * mean_k (theta_k - theta), both sides
