@@ -22,6 +22,7 @@ import pandas as pd
 
 from hosfl_sim.config import ConfigError, DatasetConfig, ModelConfig
 from hosfl_sim.data.dataset import ArrayDataset, DataSplit
+from hosfl_sim.hfhub import hub_error, hub_offline
 
 # name -> (hub path, hub config, text column, pair column, split used as the test set)
 HUB_TASKS: dict[str, tuple[str, str, str, str | None, str]] = {
@@ -67,7 +68,7 @@ def pretrained_path(name: str) -> str:
 
 def load_tokenizer(model_cfg: ModelConfig):
     """The tokenizer of `model_cfg`: `config_overrides.tokenizer` if set (needed for random-init models), else
-    the model's own. Local files only. A tokenizer without a pad token pads with its end-of-sequence token."""
+    the model's own, from a local folder, the Hugging Face cache or the hub. A tokenizer without a pad token pads with its end-of-sequence token."""
     from transformers import AutoTokenizer
 
     over = model_cfg.config_overrides
@@ -78,11 +79,9 @@ def load_tokenizer(model_cfg: ModelConfig):
         )
     name = pretrained_path(name or model_cfg.name)
     try:
-        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=hub_offline())
     except OSError as e:
-        raise ConfigError(
-            "task.model.name", name, f"a local folder or a cached Hugging Face model with a tokenizer ({e})"
-        ) from None
+        raise hub_error("task.model.name", name, e) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     # Encoders ([CLS]-style tokenizers) pad on the right; decoder-only models on the left, as the reference.

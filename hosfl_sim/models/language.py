@@ -27,6 +27,7 @@ from torch import nn
 
 from hosfl_sim.config import ConfigError, ModelConfig
 from hosfl_sim.data.text import MINILM_ALIASES, load_tokenizer, pretrained_path
+from hosfl_sim.hfhub import hub_error, hub_offline
 from hosfl_sim.models.split import SplitModel, register_model
 
 # config_overrides keys that are ours, not the Hugging Face config's
@@ -232,10 +233,12 @@ def _load(cfg: ModelConfig, causal_lm: bool, dtype: torch.dtype) -> nn.Module:
         if random_init:
             config = AutoConfig.for_model(cfg.config_overrides.get("model_type", cfg.name), **over)
         else:
-            config = AutoConfig.from_pretrained(path, local_files_only=True, **over)
-    except (OSError, ValueError) as e:
-        expected = "a local folder, a model already in the Hugging Face cache, or config_overrides.random_init"
+            config = AutoConfig.from_pretrained(path, local_files_only=hub_offline(), **over)
+    except ValueError as e:
+        expected = "a local folder, a Hugging Face model id, or config_overrides.random_init"
         raise ConfigError("task.model.name", cfg.name, f"{expected} ({e})") from None
+    except OSError as e:
+        raise hub_error("task.model.name", cfg.name, e) from None
     # The ZO probes compare forwards: dropout would add noise to them and draw from the global RNG.
     for key, value in config.to_dict().items():
         if "drop" in key and isinstance(value, float):
@@ -244,7 +247,10 @@ def _load(cfg: ModelConfig, causal_lm: bool, dtype: torch.dtype) -> nn.Module:
     if random_init:
         model = auto.from_config(config, dtype=dtype)
     else:
-        model = auto.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+        try:
+            model = auto.from_pretrained(path, config=config, dtype=dtype, local_files_only=hub_offline())
+        except OSError as e:
+            raise hub_error("task.model.name", cfg.name, e) from None
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0

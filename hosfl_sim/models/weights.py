@@ -1,7 +1,8 @@
-"""Load a local vision state dict (.safetensors, or a torchvision-format .pt/.pth) into a model or its split.
+"""Load a vision state dict (.safetensors, or a torchvision-format .pt/.pth) into a model or its split.
 
 Keys are torchvision's names (`conv1.weight`, `layer2.0.downsample.1.running_var`, ...); the parts of a
-split model keep those names, so the file maps onto client and server together. Nothing is downloaded.
+split model keep those names, so the file maps onto client and server together. `imagenet` names torchvision's
+ImageNet ResNet-18 on the Hugging Face hub (hosfl_sim/hfhub.py); any other value is a local file.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ import torch
 from torch import nn
 
 from hosfl_sim.config import ConfigError
+from hosfl_sim.hfhub import HUB_WEIGHTS, hub_file
 
 FIELD = "task.model.weights"
 HEAD_PREFIX = "fc."  # the classifier: left fresh when its shape (number of classes) differs
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local weights file, with `module.` prefixes (DataParallel) stripped."""
-    p = Path(path).expanduser()
+    """The tensors of a weights file, with `module.` prefixes (DataParallel) stripped: a local file, or a name of
+    `HUB_WEIGHTS` (`imagenet`), read from the Hugging Face cache or downloaded into it."""
+    p = hub_file(FIELD, str(path)) if str(path) in HUB_WEIGHTS else Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(FIELD, str(path), "an existing local .safetensors, .pt or .pth file")
+        raise ConfigError(FIELD, str(path), "imagenet or an existing local .safetensors, .pt or .pth file")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
