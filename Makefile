@@ -8,7 +8,8 @@ NAME ?= quickstart
 ARGS ?=
 export RAY_worker_maximum_startup_concurrency ?= 4
 
-.PHONY: install scenario sweep plots test test-slow lint format bench clean
+TABLE ?= vision
+.PHONY: install scenario sweep reproduce plots test test-slow lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ scenario: $(STAMP)  ## make scenario NAME=quickstart ARGS="federation.rounds=50"
 
 sweep: $(STAMP)  ## make sweep NAME=alpha_p ARGS="--resume"
 	$(VENV)/bin/hosfl-sim sweep scenarios/sweeps/$(NAME).yaml $(ARGS)
+
+reproduce: $(STAMP)  ## make reproduce TABLE=language ARGS="--scale 0.02"
+	$(VENV)/bin/hosfl-sim reproduce $(TABLE) $(ARGS)
 
 plots: $(STAMP)  ## make plots RUNS=runs/quickstart
 	$(VENV)/bin/hosfl-sim plot $(RUNS)

@@ -207,6 +207,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run a paper table as a resumable sweep, then print and write our numbers beside the published ones."""
+    import yaml
+
+    from hosfl_sim.reproduce import not_run, table_sweep, write_report
+    from hosfl_sim.runtime.sweep import run_sweep
+
+    overrides = {k: yaml.safe_load(v) for k, v in _parse_overrides(args.overrides).items()}
+    spec = table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides)
+    print(spec.description)
+    for model, why in not_run(args.table, args.model).items():
+        print(f"  {model}: not run ({why}); its published cells are listed")
+    out = args.out or str(Path("runs") / "reproduce" / f"{args.table}-scale{args.scale:g}")
+    result = run_sweep(spec, out, address=args.address, resume=args.resume)
+    _, text = write_report(result.dir, args.table, spec.description)
+    print()
+    print(text)
+    print(f"written: {result.dir / 'reproduce.md'}, reproduce.csv, reproduce.png")
+    for path in result.failed:
+        print(f"failed: {path} (see {result.dir / path / 'error.txt'})", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hosfl-sim", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -254,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep name>)")
     sw.add_argument("--plot", action="store_true", help="draw the figures at the end")
     sw.set_defaults(fn=cmd_sweep)
+
+    rp = sub.add_parser("reproduce", help="run one of the paper's tables and print it beside the published numbers")
+    rp.add_argument("table", choices=["vision", "language"], help="which table (README: Reproducing the paper)")
+    rp.add_argument(
+        "overrides", nargs="*", help="dotted KEY=VALUE overrides for every run, e.g. runtime.torch_threads=2"
+    )
+    rp.add_argument(
+        "--scale", type=float, default=1.0, help="share of the paper's sample budget (0.02: a laptop check)"
+    )
+    rp.add_argument("--seeds", type=int, help="seeds per cell (default: 10, the paper's, at full scale; else 1)")
+    rp.add_argument("--data", help="a folder of local copies: <dataset>.npz or <dataset>/ (GLUE train.tsv, dev.tsv)")
+    rp.add_argument("--model", help="language: one model's cells only (opt-125m, gemma-3-270m, llama-3.2-1b, minilm)")
+    rp.add_argument("--out", help="sweep directory (default: runs/reproduce/<table>-scale<scale>)")
+    rp.add_argument("--address", help="an existing Ray cluster: auto or ray://host:10001 (default: a local instance)")
+    rp.add_argument("--resume", action="store_true", help="keep the runs already complete and run the rest")
+    rp.set_defaults(fn=cmd_reproduce)
     return p
 
 

@@ -24,7 +24,9 @@ def hub_error(field: str, value: str, error: BaseException) -> ConfigError:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     if isinstance(error, GatedRepoError) or "gated" in str(error).lower():
-        expected = "a Hugging Face token with access to this gated model (accept its licence; `hf auth login` or HF_TOKEN)"
+        expected = (
+            "a Hugging Face token with access to this gated model (accept its licence; `hf auth login` or HF_TOKEN)"
+        )
     elif isinstance(error, RepositoryNotFoundError):
         expected = "a Hugging Face model id that exists, or a local path"
     else:

@@ -183,7 +183,8 @@ def test_a_round_nobody_finishes_in_time_trains_nothing_and_completes(tmp_path, 
 def test_baseline_scenarios_validate(name):
     sc = load_scenario(name)
     names = {a.name for a in sc.algorithms}
-    assert {"hosfl", "sfl", "sfl_zo", "mu_splitfed", "fsl_sage"} <= names
+    first_order = "sfl" if name == "noniid_all" else "splitfed_v1"  # the paper's SFL: SplitFed-V1, local epochs
+    assert {"hosfl", first_order, "sfl_zo", "mu_splitfed", "fsl_sage"} <= names
     mu = next(a for a in sc.algorithms if a.name == "mu_splitfed")
     assert (mu.mu, mu.server_steps, mu.global_lr) == (0.005, 2, 0.3)
     assert (mu.client_optimizer.name, mu.client_optimizer.lr, mu.server_optimizer.lr) == ("sgd", 0.005, 0.01)
@@ -196,6 +197,10 @@ def test_baseline_scenarios_validate(name):
     assert fed.rounds * fed.clients_per_round * fed.batch_size > fed.budget_samples  # the budget stops the run
     hosfl = next(a for a in sc.algorithms if a.name == "hosfl")
     assert (hosfl.perturbations, hosfl.mu) == (5, 1e-3)
+    assert (hosfl.cut_grad_scale, hosfl.server_grad_scale) == ("1/K", "1/K^2")  # the authors' vision runner
+    sfl = next(a for a in sc.algorithms if a.name == "splitfed_v1")
+    assert (sfl.label, sfl.local_epochs) == ("SFL", 1)
+    assert (model.weights, sc.task.dataset.normalize) == ("imagenet", "cifar")
     for opt in (hosfl.client_optimizer, hosfl.server_optimizer):
         assert (opt.name, opt.lr, opt.betas, opt.weight_decay) == ("adamw", 1e-3, [0.9, 0.999], 1e-4)
     assert sc.runtime.worker_num_gpus > 0 and sc.runtime.server_num_gpus > 0

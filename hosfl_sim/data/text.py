@@ -68,7 +68,8 @@ def pretrained_path(name: str) -> str:
 
 def load_tokenizer(model_cfg: ModelConfig):
     """The tokenizer of `model_cfg`: `config_overrides.tokenizer` if set (needed for random-init models), else
-    the model's own, from a local folder, the Hugging Face cache or the hub. A tokenizer without a pad token pads with its end-of-sequence token."""
+    the model's own, from a local folder, the Hugging Face cache or the hub. A tokenizer without a pad token pads
+    with its end-of-sequence token."""
     from transformers import AutoTokenizer
 
     over = model_cfg.config_overrides

@@ -24,7 +24,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     `HUB_WEIGHTS` (`imagenet`), read from the Hugging Face cache or downloaded into it."""
     p = hub_file(FIELD, str(path)) if str(path) in HUB_WEIGHTS else Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(FIELD, str(path), "imagenet or an existing local .safetensors, .pt or .pth file")
+        raise ConfigError(FIELD, str(path), "an existing local .safetensors, .pt or .pth file, or imagenet (hub)")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

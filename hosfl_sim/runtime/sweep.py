@@ -84,6 +84,7 @@ class SweepSpec:
     seeds: list[int] | None = None
     grid: list[dict[str, list]] = field(default_factory=lambda: [{}])
     cpus_per_run: float | None = None
+    folder_keys: list[str] | None = None  # the varied keys that name a grid point's folder (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,8 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
         except ConfigError as e:
             raise ConfigError(f"sweep point {point}: {e.path}", e.value, e.expected) from None
         overrides = {k: v for k, v in point.items() if k != "algorithms"}
-        folder = "_".join(f"{short[k]}-{_value_text(v)}" for k, v in overrides.items()) or "default"
+        named = {k: v for k, v in overrides.items() if spec.folder_keys is None or k in spec.folder_keys}
+        folder = "_".join(f"{short[k]}-{_value_text(v)}" for k, v in named.items()) or "default"
         as_dict = to_dict(scenario)
         for seed in scenario.seeds:
             for i, algo in enumerate(scenario.algorithms):
@@ -417,6 +419,15 @@ def _connect(address: str | None, todo: list[PlannedRun]) -> bool:
     return started
 
 
+# Where runs find pretrained weights and datasets, and the token for gated ones: the driver's settings travel with
+# every run, so a node of a cluster reads the same cache (on a shared filesystem) with the same rights.
+HUB_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN")
+
+
+def hub_environment() -> dict[str, str]:
+    return {k: os.environ[k] for k in HUB_VARIABLES if k in os.environ}
+
+
 def _schedule(todo: list[PlannedRun], out: Path, rows: dict, log: Callable[[str], None]) -> None:
     import ray
 
@@ -425,9 +436,11 @@ def _schedule(todo: list[PlannedRun], out: Path, rows: dict, log: Callable[[str]
     token = uuid.uuid4().hex
     (out / TOKEN).write_text(token)
     pending: dict[Any, PlannedRun] = {}
+    env = hub_environment()
+    options = {"runtime_env": {"env_vars": env}} if env else {}
     for r in todo:
         shutil.rmtree(out / r.path, ignore_errors=True)  # a rerun starts from an empty directory
-        gen = task.options(num_cpus=r.num_cpus, name=f"sweep:{r.path}").remote(
+        gen = task.options(num_cpus=r.num_cpus, name=f"sweep:{r.path}", **options).remote(
             to_dict(r.scenario), r.index, r.seed, str(out / r.path), r.overrides, str(out / TOKEN), token
         )
         pending[gen] = r
