@@ -1,4 +1,4 @@
-"""HO-SFL as the paper's vision runner does it, step by step, against an independent loop written from the
+"""HO-SFL and MU-SplitFed as the paper's vision runners do them, step by step, against an independent loop written from the
 published pseudo-code (it shares only the data, the initial weights and the perturbation generator with the
 project, not the algorithm): one shared client model in eval mode, one mini-batch per sampled client, each
 loss back-propagated with weight 1/S, the server's gradient divided by S again, v_p = <f(theta + mu u_p) - a, g>,
@@ -96,3 +96,73 @@ def test_hosfl_matches_the_reference_loop_in_lock_step(tmp_path, scales, optimiz
         got, want = ours.state_dict(), theirs.state_dict()
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def _sampled_batch(spec, cid: int, rnd: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's one mini-batch of a client in a round, drawn as the simulator seeds it."""
+    rows = spec.partition.client_indices(cid)
+    pick = np.random.default_rng([SEED, 7, cid, rnd, 0]).choice(len(rows), size=min(B, len(rows)), replace=False)
+    feats, y = spec.train.batch(np.sort(rows[pick]))
+    return torch.from_numpy(feats["x"]).float(), torch.from_numpy(y).long()
+
+
+def _shifted(params: dict[str, torch.Tensor], u: list[torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    return {n: p + scale * d for (n, p), d in zip(params.items(), u)}
+
+
+def test_mu_splitfed_matches_the_reference_loop_in_lock_step(tmp_path):
+    """MU-SplitFed as the authors' runner: per sampled client fresh copies of both sides, tau two-sided server ZO
+    steps on the fixed anchor, then one client ZO step whose loss difference goes through the updated server
+    copy, SGD on both sides; then theta += 0.3 * mean_k(theta_k - theta) on both sides."""
+    from torch.func import functional_call
+
+    tau, lr_c, lr_s, mu, glr = 2, 0.005, 0.01, 0.005, 0.3  # the reference settings
+    algo = {"name": "mu_splitfed", "mu": mu, "server_steps": tau, "global_lr": glr}
+    algo |= {"client_optimizer": {**SGD, "lr": lr_c}, "server_optimizer": {**SGD, "lr": lr_s}}
+    data = tiny_scenario(
+        task={"dataset": {"name": "digits"}, "model": {"name": "cnn", "cut": "block2", "width": 4}},
+        algorithms=[algo],
+        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
+    )
+    engine = Engine(load_scenario(data), progress=False)
+    (summary,) = engine.run_all(tmp_path / "runs")
+    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
+    spec = engine.spec(0, SEED)
+    split = spec.build_model()
+    glob_c, glob_s = split.client.eval(), split.server.eval()
+    for p in [*glob_c.parameters(), *glob_s.parameters()]:
+        p.requires_grad_(False)
+
+    def loss_at(module, params, a, y) -> float:
+        return float(F.cross_entropy(functional_call(module, params, (a,)), y))
+
+    for rnd in range(1, ROUNDS + 1):
+        sampled = clients.loc[clients["round"] == rnd, "client_id"].tolist()
+        new_c, new_s = [], []
+        for cid in sampled:
+            pc = {n: p.clone() for n, p in glob_c.named_parameters()}
+            ps = {n: p.clone() for n, p in glob_s.named_parameters()}
+            x, y = _sampled_batch(spec, cid, rnd)
+            a = functional_call(glob_c, pc, (), {"x": x})
+            for seed in derive_seeds(SEED, rnd, 0, tau, stream=2 * cid + 1):
+                v = list(directions(list(ps.values()), int(seed)))
+                diff = loss_at(glob_s, _shifted(ps, v, mu), a, y) - loss_at(glob_s, _shifted(ps, v, -mu), a, y)
+                ps = {n: p - lr_s * (diff / (2 * mu)) * d for (n, p), d in zip(ps.items(), v)}
+            seed = int(derive_seeds(SEED, rnd, 0, 1, stream=2 * cid)[0])
+            u = list(directions(list(pc.values()), seed))
+            a_plus = functional_call(glob_c, _shifted(pc, u, mu), (), {"x": x})
+            a_minus = functional_call(glob_c, _shifted(pc, u, -mu), (), {"x": x})
+            diff = loss_at(glob_s, ps, a_plus, y) - loss_at(glob_s, ps, a_minus, y)
+            pc = {n: p - lr_c * (diff / (2 * mu)) * d for (n, p), d in zip(pc.items(), u)}
+            new_c.append(pc)
+            new_s.append(ps)
+        with torch.no_grad():
+            for module, copies in ((glob_c, new_c), (glob_s, new_s)):
+                for n, p in module.named_parameters():
+                    p.add_(glr * (torch.stack([c[n] for c in copies]).double().mean(0) - p.double()).float())
+
+    role = engine.backend.server_role
+    for ours, theirs in ((role.client, glob_c), (role.server, glob_s)):
+        got = dict(ours.named_parameters())
+        for key, want in theirs.named_parameters():
+            torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-6, msg=key)
