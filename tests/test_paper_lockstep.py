@@ -1,8 +1,8 @@
-"""HO-SFL and MU-SplitFed as the paper's vision runners do them, step by step, against an independent loop written from the
-published pseudo-code (it shares only the data, the initial weights and the perturbation generator with the
-project, not the algorithm): one shared client model in eval mode, one mini-batch per sampled client, each
-loss back-propagated with weight 1/S, the server's gradient divided by S again, v_p = <f(theta + mu u_p) - a, g>,
-v averaged over the clients, theta's gradient sum_p v_p u_p / (P mu) applied by AdamW."""
+"""HO-SFL and MU-SplitFed as the paper's runners do them, step by step, against independent loops written from
+the published pseudo-code; they share only the data, the initial weights and the perturbation generator with the
+project, not its algorithm code. HO-SFL (vision runner): one shared client model in eval mode, one mini-batch
+per sampled client, each loss back-propagated with weight 1/S, the server's gradient divided by S again,
+v_p = <f(theta + mu u_p) - a, g>, v averaged over the clients, theta's gradient sum_p v_p u_p / (P mu)."""
 
 from __future__ import annotations
 
