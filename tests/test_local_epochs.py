@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hosfl_sim.algorithms.base import sample_batch
+from hosfl_sim.algorithms.base import epoch_batches, sample_batch
 from hosfl_sim.config import ConfigError, load_scenario
 from hosfl_sim.runtime import Engine
 from tests.conftest import tiny_scenario
@@ -58,6 +58,7 @@ def test_an_epoch_visits_every_row_of_the_partition_once_in_ceil_n_over_b_batche
     for cid in range(N):
         rows = spec.partition.client_indices(cid)
         batches = math.ceil(len(rows) / B)
+        assert epoch_batches(len(rows), B) == batches  # no partition here leaves a last batch of one
         for epoch in range(2):
             seen = [sample_batch(spec, cid, 1, epoch * batches + j)[1] for j in range(batches)]
             assert [len(y) for y in seen] == [B] * (batches - 1) + [len(rows) - B * (batches - 1)]
@@ -65,6 +66,11 @@ def test_an_epoch_visits_every_row_of_the_partition_once_in_ceil_n_over_b_batche
             np.testing.assert_array_equal(got, np.sort(spec.train.labels[rows]))
         first = sample_batch(spec, cid, 1, 0)[1]
         assert not np.array_equal(first, sample_batch(spec, cid, 2, 0)[1]) or len(rows) <= B  # reshuffled
+
+
+def test_a_last_batch_of_one_sample_is_skipped_as_the_reference_skips_it():
+    assert [epoch_batches(n, 32) for n in (1, 2, 31, 32, 33, 34, 64, 65)] == [0, 1, 1, 1, 1, 2, 2, 2]
+    assert epoch_batches(5, 1) == 5  # batches of one are all there is
 
 
 @pytest.mark.parametrize("name", ["sfl", "splitfed_v1", "fedavg"])

@@ -102,12 +102,19 @@ def to_tensors(features: dict[str, np.ndarray], device: torch.device | str) -> d
     return {k: tensor(v, device, torch.long if v.dtype.kind in "iub" else torch.float32) for k, v in features.items()}
 
 
+def epoch_batches(partition_size: int, batch_size: int) -> int:
+    """Mini-batches in one pass over a partition: ceil(size / batch), the last one possibly smaller, except that
+    a last batch of one sample is left out, as the paper's code skips it (BatchNorm cannot train on one sample)."""
+    n = int(partition_size)
+    return -(-n // batch_size) - (1 if batch_size > 1 and n % batch_size == 1 else 0)
+
+
 def local_steps_for(cfg: AlgorithmConfig, partition_size: int, batch_size: int) -> int:
     """Mini-batches a sampled client processes in one round: `local_steps`, or with `local_epochs` full passes
-    over its partition, ceil(partition size / batch size) mini-batches each (the last one may be smaller)."""
+    over its partition, `epoch_batches` each."""
     if cfg.local_epochs is None:
         return cfg.local_steps
-    return -(-int(partition_size) // batch_size) * cfg.local_epochs
+    return epoch_batches(partition_size, batch_size) * cfg.local_epochs
 
 
 def sample_batch(spec: TaskSpec, client_id: int, round_idx: int, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -117,7 +124,7 @@ def sample_batch(spec: TaskSpec, client_id: int, round_idx: int, step: int) -> t
     idx = spec.partition.client_indices(client_id)
     size = spec.federation.batch_size
     if spec.algorithm.local_epochs is not None:
-        epoch, j = divmod(step, -(-len(idx) // size))
+        epoch, j = divmod(step, epoch_batches(len(idx), size))
         order = np.random.default_rng([spec.seed, 13, client_id, round_idx, epoch]).permutation(len(idx))
         return spec.train.batch(np.sort(idx[order[j * size : (j + 1) * size]]))
     rng = np.random.default_rng([spec.seed, 7, client_id, round_idx, step])
