@@ -183,8 +183,9 @@ def test_a_round_nobody_finishes_in_time_trains_nothing_and_completes(tmp_path, 
 def test_baseline_scenarios_validate(name):
     sc = load_scenario(name)
     names = {a.name for a in sc.algorithms}
-    first_order = "sfl" if name == "noniid_all" else "splitfed_v1"  # the paper's SFL: SplitFed-V1, local epochs
-    assert {"hosfl", first_order, "sfl_zo", "mu_splitfed", "fsl_sage"} <= names
+    # the paper's SFL and SFL-ZO: SplitFed-V1 shaped, with local epochs
+    first_order, zeroth_order = ("sfl", "sfl_zo") if name == "noniid_all" else ("splitfed_v1", "sfl_zo_v1")
+    assert {"hosfl", first_order, zeroth_order, "mu_splitfed", "fsl_sage"} <= names
     mu = next(a for a in sc.algorithms if a.name == "mu_splitfed")
     assert (mu.mu, mu.server_steps, mu.global_lr) == (0.005, 2, 0.3)
     assert (mu.client_optimizer.name, mu.client_optimizer.lr, mu.server_optimizer.lr) == ("sgd", 0.005, 0.01)

@@ -208,7 +208,10 @@ def test_mu_splitfed_reads_server_steps_and_global_lr_from_the_config():
     trained = server.copies[1].state()
     before = {n: p.detach().numpy().copy() for n, p in server.server.named_parameters() if n in trained}
     assert any(not np.array_equal(trained[n], before[n]) for n in trained)
-    server.finish([1], {k: v + 1.0 for k, v in state.items()})  # the client part came back moved by +1
+    algorithm = MUSplitFed(spec.algorithm, spec.federation, 0, 1, spec.partition.sizes())
+    weights, lr = algorithm.aggregation([1])  # the driver reads global_lr; unweighted
+    assert lr == 0.5 and list(weights) == [1.0]
+    server.finish([1], weights, lr, {k: v + 1.0 for k, v in state.items()})  # the client part came back moved by +1
     client_now = dict(server.client.named_parameters())
     server_now = dict(server.server.named_parameters())
     for n, v in state.items():  # theta + 0.5 * (mean_k theta_k - theta)

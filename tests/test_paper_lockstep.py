@@ -95,7 +95,7 @@ def test_hosfl_matches_the_reference_loop_in_lock_step(tmp_path, scales, optimiz
     for ours, theirs in ((role.client, client), (role.server, server)):
         got, want = ours.state_dict(), theirs.state_dict()
         for key in want:
-            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
 
 
 def _sampled_batch(spec, cid: int, rnd: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,4 +165,91 @@ def test_mu_splitfed_matches_the_reference_loop_in_lock_step(tmp_path):
     for ours, theirs in ((role.client, glob_c), (role.server, glob_s)):
         got = dict(ours.named_parameters())
         for key, want in theirs.named_parameters():
-            torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-6, msg=key)
+            torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_sfl_zo_v1_matches_the_reference_loop_in_lock_step(tmp_path, optimizer):
+    """SFL-ZO as the authors' runner: per sampled client fresh copies of both sides and fresh optimizers, one
+    local epoch (ceil(n / B) steps), per step P joint two-sided estimates ((l+ - l-) / (2 mu P)) (u, v) on both
+    sides, then both sides averaged by partition size."""
+    import math
+
+    p_dirs, mu = 2, 1e-3
+    sgd = {**SGD, "lr": 0.002}  # zeroth-order SGD amplifies rounding: a small step keeps the two loops in tolerance
+    algo = {"name": "sfl_zo_v1", "perturbations": p_dirs, "mu": mu, "local_epochs": 1}
+    if optimizer == "sgd":
+        algo["client_optimizer"] = algo["server_optimizer"] = sgd
+    data = tiny_scenario(
+        task={
+            "dataset": {"name": "digits", "max_train": 300},
+            "partition": {"scheme": "dirichlet", "alpha": 0.5, "min_size": 20},
+            "model": {"name": "cnn", "cut": "block2", "width": 4},
+        },
+        algorithms=[algo],
+        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
+    )
+    engine = Engine(load_scenario(data), progress=False)
+    (summary,) = engine.run_all(tmp_path / "runs")
+    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
+    spec = engine.spec(0, SEED)
+    sizes = spec.partition.sizes()
+    split = spec.build_model()
+    glob_c, glob_s = split.client.eval(), split.server.eval()
+    for p in [*glob_c.parameters(), *glob_s.parameters()]:
+        p.requires_grad_(False)
+
+    def make(params: list) -> torch.optim.Optimizer:
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=sgd["lr"])
+        return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4)
+
+    from torch.func import functional_call
+
+    for rnd in range(1, ROUNDS + 1):
+        sampled = clients.loc[clients["round"] == rnd, "client_id"].tolist()
+        new_c, new_s = [], []
+        for cid in sampled:
+            pc = {n: p.clone() for n, p in glob_c.named_parameters()}
+            ps = {n: p.clone() for n, p in glob_s.named_parameters()}
+            opt_c, opt_s = make(list(pc.values())), make(list(ps.values()))
+            rows = spec.partition.client_indices(cid)
+            order = np.random.default_rng([SEED, 13, cid, rnd, 0]).permutation(len(rows))
+            for step in range(math.ceil(len(rows) / B)):
+                feats, y = spec.train.batch(np.sort(rows[order[step * B : (step + 1) * B]]))
+                x, y = torch.from_numpy(feats["x"]).float(), torch.from_numpy(y).long()
+                grad_c = [torch.zeros_like(p) for p in pc.values()]
+                grad_s = [torch.zeros_like(p) for p in ps.values()]
+                seeds_c = derive_seeds(SEED, rnd, step, p_dirs, stream=2 * cid)
+                seeds_s = derive_seeds(SEED, rnd, step, p_dirs, stream=2 * cid + 1)
+                for sc, ss in zip(seeds_c, seeds_s):
+                    u = list(directions(list(pc.values()), int(sc)))
+                    v = list(directions(list(ps.values()), int(ss)))
+                    loss = []
+                    for sign in (1, -1):
+                        a = functional_call(glob_c, _shifted(pc, u, sign * mu), (), {"x": x})
+                        loss.append(
+                            float(F.cross_entropy(functional_call(glob_s, _shifted(ps, v, sign * mu), (a,)), y))
+                        )
+                    coef = (loss[0] - loss[1]) / (2 * mu * p_dirs)
+                    for g, d in zip(grad_c, u):
+                        g.add_(d, alpha=coef)
+                    for g, d in zip(grad_s, v):
+                        g.add_(d, alpha=coef)
+                for params, grads, opt in ((pc, grad_c, opt_c), (ps, grad_s, opt_s)):
+                    for p, g in zip(params.values(), grads):
+                        p.grad = g
+                    opt.step()
+            new_c.append(pc)
+            new_s.append(ps)
+        w = sizes[sampled].astype(np.float64) / sizes[sampled].sum()
+        with torch.no_grad():
+            for module, copies in ((glob_c, new_c), (glob_s, new_s)):
+                for n, p in module.named_parameters():
+                    p.copy_(sum(wi * c[n].double() for wi, c in zip(w, copies)).float())
+
+    role = engine.backend.server_role
+    for ours, theirs in ((role.client, glob_c), (role.server, glob_s)):
+        got = dict(ours.named_parameters())
+        for key, want in theirs.named_parameters():
+            torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")

@@ -9,12 +9,14 @@ from hosfl_sim.algorithms.mezo import MeZO
 from hosfl_sim.algorithms.mu_splitfed import MUSplitFed
 from hosfl_sim.algorithms.sfl import SFL
 from hosfl_sim.algorithms.sfl_zo import SFLZO
+from hosfl_sim.algorithms.sfl_zo_v1 import SFLZOV1
 from hosfl_sim.algorithms.splitfed_v1 import SplitFedV1
 from hosfl_sim.algorithms.zo_fl import ZOFL
 from hosfl_sim.config import ConfigError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (HOSFL, SFL, SFLZO, FedAvg, ZOFL, Centralized, MeZO, SplitFedV1, MUSplitFed, FSLSAGE)
+    cls.name: cls
+    for cls in (HOSFL, SFL, SFLZO, FedAvg, ZOFL, Centralized, MeZO, SplitFedV1, MUSplitFed, FSLSAGE, SFLZOV1)
 }
 
 

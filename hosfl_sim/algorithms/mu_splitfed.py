@@ -183,13 +183,14 @@ class MUSplitFedServer(ServerRole):
         flops = (2 * len(seeds) + 2) * self.forward_flops(a0, upload["side"])
         return s, {"loss": 0.5 * (l_plus + l_minus), "scalar_bytes": nbytes(s), "flops": flops}
 
-    def finish(self, client_ids: list[int], *client_states: dict[str, np.ndarray]) -> None:
-        """theta += global_lr * mean(theta_k - theta) on both sides, over `client_ids` (the kept clients); every
-        copy of the round is discarded afterwards."""
+    def finish(
+        self, client_ids: list[int], weights: np.ndarray, lr: float, *client_states: dict[str, np.ndarray]
+    ) -> None:
+        """theta += lr * (weighted mean(theta_k) - theta) on both sides, over `client_ids` (the kept clients);
+        every copy of the round is discarded afterwards."""
         if client_ids:
-            ones, lr = np.ones(len(client_ids)), self.spec.algorithm.global_lr
-            average_into(self.client, list(client_states), ones, lr)
-            average_into(self.server, [self.copies[cid].state() for cid in client_ids], ones, lr)
+            average_into(self.client, list(client_states), weights, lr)
+            average_into(self.server, [self.copies[cid].state() for cid in client_ids], weights, lr)
         self.copies.clear()
 
 
@@ -203,6 +204,10 @@ class MUSplitFed(Algorithm):
     client_role = MUSplitFedClient
     server_role = MUSplitFedServer
     supports_policies = True
+
+    def aggregation(self, kept: list[int]) -> tuple[np.ndarray, float]:
+        """The weights of the kept clients' copies and the global step: MU-SplitFed's unweighted mean, global_lr."""
+        return np.ones(len(kept)), self.cfg.global_lr
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
         clock = ledger.clock
@@ -224,7 +229,8 @@ class MUSplitFed(Algorithm):
             ledger.charge("model_up", cid, client_bytes)
         kept = self.barrier(clock, active, backend, worker)
         ledger.charge("model_up", SERVER_LINK, server_bytes, count=len(kept))  # only the kept copies travel
-        backend.get(backend.server("finish", kept, *[uploads[c] for c in kept]))
+        weights, lr = self.aggregation(kept)
+        backend.get(backend.server("finish", kept, weights, lr, *[uploads[c] for c in kept]))
         kept_set = set(kept)
         loss = RoundResult.mean([v for c, v in losses if c in kept_set])
         return RoundResult(loss, sum(records[c].samples for c in kept), list(records.values()))

@@ -49,6 +49,7 @@ ALGORITHMS = [
     {"name": "fsl_sage", "local_steps": 2, "align_every": 2},
     {"name": "centralized"},
     {"name": "mezo", "perturbations": 2},
+    {"name": "sfl_zo_v1", "perturbations": 2, "local_epochs": 1},
 ]
 
 
