@@ -281,6 +281,26 @@ def test_text_loader_on_local_files(tmp_path, word_tokenizer):
     assert len(pq.train) == len(pq.test) == 1 and pq.train.features["input_ids"].shape == (1, 4)
 
 
+def test_a_template_builds_the_prompt_from_the_rows_columns(tmp_path, word_tokenizer):
+    """The authors' prompts: "{sentence} It was" (SST-2) or a question over two columns (RTE); values stripped,
+    the template's text kept, the verbalizer then read at the prompt's last token."""
+    model = ModelConfig(name="x", config_overrides={"tokenizer": word_tokenizer})
+    folder = tmp_path / "rte"
+    folder.mkdir()
+    rows = "sentence1\tsentence2\tlabel\n a film \the said\tyes\nc\td\tno\n"
+    (folder / "train.tsv").write_text(rows)
+    (folder / "dev.tsv").write_text(rows)
+    template = "{sentence1} fine {sentence2} yes"
+    cfg = DatasetConfig(name="files", path=str(folder), template=template, max_length=8)
+    split = load_text_dataset(cfg, model)
+    tok = load_tokenizer(model)
+    want = tok(["a film fine he said yes", "c fine d yes"], padding="max_length", max_length=8)["input_ids"]
+    assert split.train.features["input_ids"].tolist() == want
+    assert split.train.labels.tolist() == [1, 0]
+    with pytest.raises(ConfigError, match=r"task\.dataset\.template: .*no column 'premise'"):
+        load_text_dataset(DatasetConfig(name="files", path=str(folder), template="{premise} ?"), model)
+
+
 def test_synthetic_sentiment_corpus(word_tokenizer):
     train, test = sentiment_synthetic(300, 100, seed=3)
     again, _ = sentiment_synthetic(300, 100, seed=3)

@@ -56,6 +56,8 @@ class DatasetConfig:
     text_pair_column: str | None = None
     label_column: str = "label"
     max_length: int = 128
+    # a prompt built from the row's columns, e.g. "{sentence} It was" (then it is the whole input: no pair)
+    template: str | None = None
 
     def check(self, path: str) -> None:
         _require(0.0 < self.test_fraction < 1.0, f"{path}.test_fraction", self.test_fraction, "a number in (0, 1)")

@@ -167,6 +167,19 @@ def _column(table: pd.DataFrame, name: str, field: str) -> list[str]:
     return ["" if v is None else str(v) for v in table[name]]
 
 
+def _prompts(table: pd.DataFrame, template: str) -> list[str]:
+    """`template` filled from each row, with the columns' values stripped (the reference's prompts)."""
+    import string
+
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    missing = [f for f in names if f not in table.columns]
+    if missing:
+        expected = f"placeholders that name columns (no column {missing[0]!r}; there are {', '.join(table.columns)})"
+        raise ConfigError("task.dataset.template", template, expected)
+    columns = {f: _column(table, f, "task.dataset.template") for f in names}
+    return [template.format(**{f: columns[f][i].strip() for f in names}) for i in range(len(table))]
+
+
 def _encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, np.ndarray]:
     enc = tokenizer(texts, pairs, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     keys = ["input_ids", "attention_mask"] + (
@@ -192,7 +205,7 @@ def load_text_dataset(data_cfg: DatasetConfig, model_cfg: ModelConfig) -> DataSp
         train, test = _local_tables(data_cfg)
     else:
         raise ConfigError("task.dataset.name", data_cfg.name, f"a text task: {', '.join(HUB_TASKS)}, files, ...")
-    if text_col is None:
+    if text_col is None and data_cfg.template is None:
         raise ConfigError("task.dataset.text_column", None, "the name of the text column")
 
     train = train.iloc[_cap(len(train), data_cfg.max_train, data_cfg.seed, 2)]
@@ -205,8 +218,11 @@ def load_text_dataset(data_cfg: DatasetConfig, model_cfg: ModelConfig) -> DataSp
     tokenizer = load_tokenizer(model_cfg)
     parts = []
     for table, y in ((train, y_train), (test, y_test)):
-        texts = _column(table, text_col, "task.dataset.text_column")
-        pairs = _column(table, pair_col, "task.dataset.text_pair_column") if pair_col else None
+        if data_cfg.template is not None:
+            texts, pairs = _prompts(table, data_cfg.template), None
+        else:
+            texts = _column(table, text_col, "task.dataset.text_column")
+            pairs = _column(table, pair_col, "task.dataset.text_pair_column") if pair_col else None
         parts.append(ArrayDataset(_encode(tokenizer, texts, pairs, data_cfg.max_length), y, num_classes))
     return DataSplit(data_cfg.name, parts[0], parts[1])
 

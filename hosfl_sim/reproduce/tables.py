@@ -51,6 +51,8 @@ LANGUAGE_MODELS = {
     "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", 8),
 }
 VERBALIZERS = {"sst2": [" bad", " good"], "rte": ["Yes", "No"]}
+# The authors' prompts: the verbalizer is the next token after them (GLUE's column names).
+TEMPLATES = {"sst2": "{sentence} It was", "rte": '{sentence1}\nDoes this mean that "{sentence2}" is true? Yes or No?\n'}
 # Models of the paper the simulator cannot split yet, and why (the table still lists their published numbers).
 NOT_SPLIT = {"gemma-3-270m": "the language split has no gemma3 family yet: models/language.py, FAMILIES"}
 OFFLINE_MODEL = "minilm"  # the packaged MiniLM-L6 (a BERT encoder): a classifier head, cut after layer 3
@@ -64,6 +66,7 @@ def language_cell(task: str, model: str) -> Cell:
     else:
         name, cut = LANGUAGE_MODELS[model]
         over |= {"task.model.name": name, "task.model.cut": cut, "task.model.verbalizer": VERBALIZERS[task]}
+        over |= {"task.dataset.template": TEMPLATES[task]}
     return Cell(task, "iid", model, over)
 
 
