@@ -215,11 +215,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from hosfl_sim.runtime.sweep import run_sweep
 
     overrides = {k: yaml.safe_load(v) for k, v in _parse_overrides(args.overrides).items()}
+    out = Path(args.out or Path("runs") / "reproduce" / f"{args.table}-scale{args.scale:g}")
+    if args.table in ("memory", "communication"):
+        return _reproduce_resources(args, overrides, out)
     spec = table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides)
     print(spec.description)
     for model, why in not_run(args.table, args.model).items():
         print(f"  {model}: not run ({why}); its published cells are listed")
-    out = args.out or str(Path("runs") / "reproduce" / f"{args.table}-scale{args.scale:g}")
     result = run_sweep(spec, out, address=args.address, resume=args.resume)
     _, text = write_report(result.dir, args.table, spec.description)
     print()
@@ -228,6 +230,59 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for path in result.failed:
         print(f"failed: {path} (see {result.dir / path / 'error.txt'})", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -> int:
+    """`reproduce memory`: the four memory modes of every paper model, in this process (on --device).
+    `reproduce communication`: one round of every algorithm on every paper model, as sweeps, bytes per client."""
+    from hosfl_sim.reproduce.resources import (
+        check_scalar_options,
+        communication_sweep,
+        communication_table,
+        format_bytes_table,
+        memory_table,
+    )
+    from hosfl_sim.reproduce.tables import model_cells, table_sweep
+    from hosfl_sim.runtime.sweep import run_sweep
+
+    check_scalar_options(args.table, args.scale, args.seeds)
+    if args.table == "memory":
+        import torch
+
+        from hosfl_sim.memory.modes import format_modes
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device", args.device, "cpu (no CUDA device is visible here)")
+
+        if not args.resume and out.exists() and any(out.iterdir()):
+            raise ConfigError("--out", str(out), "an empty or new directory (it holds results already)")
+        table = memory_table(args.model, args.data, overrides, device=args.device)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "memory.csv", index=False)
+        for model, rows in table.groupby("model", sort=False):
+            r = rows.iloc[0]
+            print(f"\n{model}, cut {r['cut']}, batch {r['batch']}, {args.device}")
+            print(format_modes(rows.reset_index(drop=True)))
+        print(f"\nwritten: {out / 'memory.csv'}")
+        return 0
+    frames, failed = [], []
+    for name in ("vision", "language"):
+        cells = [cell for table, cell in model_cells(args.model) if table == name]
+        spec = communication_sweep(table_sweep(name, 1.0, None, args.data, None, overrides, cells))
+        result = run_sweep(spec, out / name, address=args.address, resume=args.resume)
+        frames.append(communication_table(result.dir))
+        failed += [f"{name}/{p}" for p in result.failed]
+    import pandas as pd
+
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(out / "communication.csv", index=False)
+    text = format_bytes_table(table, "Communication per client in one round")
+    (out / "communication.md").write_text(text)
+    print(text)
+    print(f"written: {out / 'communication.md'}, communication.csv")
+    for path in failed:
+        print(f"failed: {path} (see {out / path / 'error.txt'})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(fn=cmd_sweep)
 
     rp = sub.add_parser("reproduce", help="run one of the paper's tables and print it beside the published numbers")
-    rp.add_argument("table", choices=["vision", "language"], help="which table (README: Reproducing the paper)")
+    rp.add_argument(
+        "table",
+        choices=["vision", "language", "memory", "communication"],
+        help="which table (README: Reproducing the paper)",
+    )
     rp.add_argument(
         "overrides", nargs="*", help="dotted KEY=VALUE overrides for every run, e.g. runtime.torch_threads=2"
     )
@@ -292,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="sweep directory (default: runs/reproduce/<table>-scale<scale>)")
     rp.add_argument("--address", help="an existing Ray cluster: auto or ray://host:10001 (default: a local instance)")
     rp.add_argument("--resume", action="store_true", help="keep the runs already complete and run the rest")
+    rp.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the modes are measured")
     rp.set_defaults(fn=cmd_reproduce)
     return p
 

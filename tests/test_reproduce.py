@@ -159,3 +159,48 @@ def test_reproduce_language_at_a_small_scale_runs_every_cell_of_one_model(tmp_pa
     row = ran[(ran["dataset"] == "sst2") & (ran["algorithm"] == "HO-SFL")].iloc[0]
     assert row["paper"] == 87.6
     assert "| sst2 | iid | opt-125m | HO-SFL | 1 |" in capsys.readouterr().out
+
+
+def test_reproduce_memory_and_communication_on_the_papers_models(tmp_path, monkeypatch, capsys, ray_session):
+    """memory: the four modes of ResNet-18 (cut layer2) and of the offline MiniLM, measured here; communication:
+    one round of every algorithm of both tables, the bytes per client as the ledger charged them."""
+    from huggingface_hub import constants
+
+    width = 8
+    make_hub_cache(tmp_path / "hub", imagenet_like_state(width))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # the runs (Ray tasks) read this cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # and so does this process
+    data = tmp_path / "data"
+    _glue_folders(data)
+    _cifar_npz(data / "cifar10.npz", 10)
+    common = [*SMALL, f"task.model.width={width}", "task.dataset.max_length=16", "--model", "minilm"]
+    common += ["--data", str(data)]
+
+    assert main(["reproduce", "memory", *common, "--out", str(tmp_path / "mem")]) == 0
+    mem = pd.read_csv(tmp_path / "mem" / "memory.csv")
+    assert list(dict.fromkeys(mem["model"])) == ["resnet18", "minilm"]
+    for _, rows in mem.groupby("model"):
+        modes = set(rows["mode"])
+        assert len(modes) == 4 and (rows["total"] > 0).all()
+    assert "resnet18, cut layer2, batch 32, cpu" in capsys.readouterr().out
+
+    assert main(["reproduce", "communication", *common, "--out", str(tmp_path / "comm")]) == 0
+    comm = pd.read_csv(tmp_path / "comm" / "communication.csv").set_index(["model", "algorithm"])
+    assert len(comm) == 5 + 3 and (comm["status"] == "completed").all()
+    # HO-SFL: activations up and cut gradients down of one batch, P scalars up, P seeds + P scalars down
+    hosfl = comm.loc[("resnet18", "HO-SFL")]
+    assert hosfl["act_up"] == hosfl["grad_down"] > 0 and hosfl["scalar_up"] == 4 * 5
+    assert hosfl["seed_down"] == 8 * 5 and hosfl["model_up"] == 0
+    # the paper's SFL moves weights both ways, a whole epoch of activations (here 30 rows: one batch), no scalar
+    sfl = comm.loc[("resnet18", "SFL")]
+    assert sfl["model_up"] > 0 and sfl["act_up"] == hosfl["act_up"] and sfl["scalar_up"] == 0
+    assert comm.loc[("minilm", "SplitLoRA"), "model_up"] > 0
+    assert (tmp_path / "comm" / "communication.md").read_text().count("| resnet18 |") == 5
+
+
+def test_resource_tables_refuse_a_scale_or_seeds(capsys):
+    assert main(["reproduce", "memory", "--scale", "0.5"]) == 2
+    assert main(["reproduce", "communication", "--seeds", "3"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: --scale: got 0.5, expected nothing for the memory table")
+    assert err[1].startswith("error: --seeds: got 3, expected nothing for the communication table")

@@ -62,7 +62,7 @@ def language_cell(task: str, model: str) -> Cell:
     over: dict[str, Any] = {"task.dataset.name": f"glue/{task}"}
     if model == OFFLINE_MODEL:
         over |= {"task.model.name": "minilm", "task.model.cut": 3, "task.model.head": "classifier"}
-        over |= {"task.model.lora_targets": []}
+        over |= {"task.model.lora_targets": [], "task.dataset.template": None}  # a classifier reads the text
     else:
         name, cut = LANGUAGE_MODELS[model]
         over |= {"task.model.name": name, "task.model.cut": cut, "task.model.verbalizer": VERBALIZERS[task]}
@@ -102,6 +102,22 @@ def local_data(cell: Cell, data_dir: Path) -> dict[str, Any]:
     return {"task.dataset.path": str(folder.resolve())}
 
 
+def model_cells(model: str | None = None) -> list[tuple[str, Cell]]:
+    """(table, cell) for each model of the paper's tables, on its first dataset: ResNet-18, then the language
+    models the simulator splits (only `model` among them when given; `minilm` for the offline one)."""
+    if model is not None:
+        _check_language_model(model)
+    models = [model] if model is not None else [m for m in LANGUAGE_MODELS if m not in NOT_SPLIT]
+    return [("vision", VISION_CELLS[0]), *(("language", language_cell("sst2", m)) for m in models)]
+
+
+def _check_language_model(model: str) -> None:
+    choices = [m for m in [*LANGUAGE_MODELS, OFFLINE_MODEL] if m not in NOT_SPLIT]
+    if model not in choices:
+        why = f" ({model}: {NOT_SPLIT[model]})" if model in NOT_SPLIT else ""
+        raise ConfigError("--model", model, "one of " + ", ".join(choices) + why)
+
+
 def not_run(name: str, model: str | None = None) -> dict[str, str]:
     """The table's published models that its sweep leaves out, with the reason."""
     return dict(NOT_SPLIT) if name == "language" and model is None else {}
@@ -114,24 +130,23 @@ def table_sweep(
     data_dir: str | Path | None = None,
     model: str | None = None,
     overrides: dict[str, Any] | None = None,
+    cells: list[Cell] | None = None,
 ) -> SweepSpec:
     """The sweep of table `name` at `scale` x the paper's budget with `seeds` seeds per cell (default: the
     paper's 10 at full scale, 1 below it). `model` keeps the language cells of one model (or `minilm`, offline);
-    `overrides` (dotted keys) apply to every run, before the cells' own settings."""
+    `overrides` (dotted keys) apply to every run, before the cells' own settings; `cells` replaces the table's."""
     if name not in TABLES:
         raise ConfigError("TABLE", name, "one of " + ", ".join(TABLES))
     if not 0 < scale <= 1:
         raise ConfigError("--scale", scale, "a number in (0, 1]: the share of the paper's sample budget")
     table = TABLES[name]
-    cells = table.cells
-    if model is not None:
-        if name != "language":
-            raise ConfigError("--model", model, "nothing for the vision table (it is ResNet-18)")
-        choices = [m for m in [*LANGUAGE_MODELS, OFFLINE_MODEL] if m not in NOT_SPLIT]
-        if model not in choices:
-            why = f" ({model}: {NOT_SPLIT[model]})" if model in NOT_SPLIT else ""
-            raise ConfigError("--model", model, "one of " + ", ".join(choices) + why)
-        cells = [language_cell(t, model) for t in ("sst2", "rte")]
+    if cells is None:
+        cells = table.cells
+        if model is not None:
+            if name != "language":
+                raise ConfigError("--model", model, "nothing for the vision table (it is ResNet-18)")
+            _check_language_model(model)
+            cells = [language_cell(t, model) for t in ("sst2", "rte")]
     n_seeds = seeds if seeds is not None else (FULL_SEEDS if scale == 1 else 1)
     if n_seeds < 1:
         raise ConfigError("--seeds", n_seeds, "an integer >= 1")
