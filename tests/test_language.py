@@ -28,8 +28,14 @@ TINY = {
         model_type="llama", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=64,
     ),
+    # sliding windows of 4 tokens on layers 0, 1 and 3, full attention on layer 2: both types on both sides
+    "gemma3_text": dict(
+        model_type="gemma3_text", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=64, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+    ),
 }  # fmt: skip
-CAUSAL = {"opt": True, "gpt2": True, "bert": False, "llama": True}
+CAUSAL = {"opt": True, "gpt2": True, "bert": False, "llama": True, "gemma3_text": True}
 LENGTHS = (12, 7, 3)
 
 
@@ -119,7 +125,7 @@ def test_split_matches_the_unsplit_model_with_padding(family):
     assert logits.shape == (len(LENGTHS), 3) and logits.dtype == torch.float32
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])  # learned absolute positions / rotary
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3_text"])  # learned absolute positions / rotary
 def test_decoder_split_does_not_depend_on_the_padding_side(family):
     cfg = tiny_cfg(family)
     left_ids, left_mask = padded_batch(causal=True)

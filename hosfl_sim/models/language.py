@@ -73,6 +73,7 @@ class Family:
     layers: str  # dotted path of the layer ModuleList under the stem
     final: tuple[str, ...] = ()  # applied after the last layer, in order (final norm, output projection)
     rotary: str | None = None  # rotary embedding module under the stem
+    layer_types: bool = False  # layers of several attention types (config.layer_types): a mask and rotary each
     pooler: str | None = None  # encoder pooler under the stem, used by the classifier head
     lora_targets: tuple[str, ...] = ()  # default LoRA targets: the attention's query and value projections
     fan_in_fan_out: bool = False  # GPT-2's Conv1D stores weights transposed
@@ -118,6 +119,19 @@ FAMILIES: dict[str, Family] = {
         rotary="rotary_emb",
         lora_targets=("q_proj", "v_proj"),
     ),
+    # Gemma 3 (text): sliding-window and full-attention layers, each type with its own mask and rotary base;
+    # its embedding module scales by sqrt(hidden) itself.
+    "gemma3_text": Family(
+        causal=True,
+        stem="",
+        embeddings=("embed_tokens",),
+        embed=_embed_tokens,
+        layers="layers",
+        final=("norm",),
+        rotary="rotary_emb",
+        lora_targets=("q_proj", "v_proj"),
+        layer_types=True,
+    ),
 }
 
 
@@ -139,17 +153,31 @@ class LayerRun(nn.Module):
     """A run of transformer layers. Builds, from the 2-D attention mask, the attention mask the layers want
     (with the library's mask functions) and the rotary cos/sin, then applies the layers in order."""
 
-    def __init__(self, family: Family, config, layers: list[nn.Module], rotary: nn.Module | None):
+    def __init__(
+        self, family: Family, config, layers: list[nn.Module], rotary: nn.Module | None, types: list[str] | None
+    ):
         super().__init__()
         self.family, self.config = family, config
         self.layers = nn.ModuleList(layers)
         self.rotary = rotary
+        self.types = types  # each layer's attention type, for families with several (else None)
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+        from transformers.masking_utils import (
+            create_bidirectional_mask,
+            create_causal_mask,
+            create_sliding_window_causal_mask,
+        )
 
+        if self.types is not None:  # per type: its mask and its rotary embedding
+            make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+            masks = {t: make[t](self.config, h, attention_mask, None, position_ids=pos) for t in set(self.types)}
+            rope = {t: self.rotary(h, pos, t) for t in set(self.types)}
+            for layer, t in zip(self.layers, self.types):
+                h = layer(h, attention_mask=masks[t], position_embeddings=rope[t], position_ids=pos)
+            return h  # (B, T, H)
         if self.family.causal:
-            mask = create_causal_mask(self.config, h, attention_mask, past_key_values=None, position_ids=pos)
+            mask = create_causal_mask(self.config, h, attention_mask, None, position_ids=pos)
         else:
             mask = create_bidirectional_mask(self.config, h, attention_mask)
         extra = {"position_embeddings": self.rotary(h, pos)} if self.rotary is not None else {}
@@ -323,7 +351,8 @@ def split_language_model(
 
     embeddings = nn.ModuleDict({n: m for n in family.embeddings if (m := getattr(stem, n, None)) is not None})
     rotary = _get(stem, family.rotary) if family.rotary else None
-    client = LanguageClient(family, embeddings, LayerRun(family, config, layers[:cut], rotary))
+    types = list(config.layer_types) if family.layer_types else None
+    client = LanguageClient(family, embeddings, LayerRun(family, config, layers[:cut], rotary, types and types[:cut]))
     width = model.get_input_embeddings().embedding_dim  # what the final stage outputs (OPT may project out)
     if cfg.head == "verbalizer":  # the LM head's rows for the verbalizer tokens: logits over those tokens only
         lm_head = model.get_output_embeddings()
@@ -340,7 +369,8 @@ def split_language_model(
     final = nn.Sequential(*[m for n in family.final if (m := getattr(stem, n, None)) is not None])
     pooler = _get(stem, family.pooler) if family.pooler else None
     server_rotary = copy.deepcopy(rotary)  # no module is shared between the parts
-    server = LanguageServer(family, LayerRun(family, config, layers[cut:], server_rotary), final, pooler, head)
+    run = LayerRun(family, config, layers[cut:], server_rotary, types and types[cut:])
+    server = LanguageServer(family, run, final, pooler, head)
 
     full = cfg.finetune == "full"
     for part, side in ((client, "client"), (server, "server")):

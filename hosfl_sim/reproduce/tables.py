@@ -53,8 +53,6 @@ LANGUAGE_MODELS = {
 VERBALIZERS = {"sst2": [" bad", " good"], "rte": ["Yes", "No"]}
 # The authors' prompts: the verbalizer is the next token after them (GLUE's column names).
 TEMPLATES = {"sst2": "{sentence} It was", "rte": '{sentence1}\nDoes this mean that "{sentence2}" is true? Yes or No?\n'}
-# Models of the paper the simulator cannot split yet, and why (the table still lists their published numbers).
-NOT_SPLIT = {"gemma-3-270m": "the language split has no gemma3 family yet: models/language.py, FAMILIES"}
 OFFLINE_MODEL = "minilm"  # the packaged MiniLM-L6 (a BERT encoder): a classifier head, cut after layer 3
 
 
@@ -80,7 +78,7 @@ TABLES = {
     "language": Table(
         base="sst2_opt125m",
         budget=80_000,
-        cells=[language_cell(t, m) for m in LANGUAGE_MODELS if m not in NOT_SPLIT for t in ("sst2", "rte")],
+        cells=[language_cell(t, m) for m in LANGUAGE_MODELS for t in ("sst2", "rte")],
         eval_every={"SplitLoRA": 1},
     ),
 }
@@ -104,23 +102,17 @@ def local_data(cell: Cell, data_dir: Path) -> dict[str, Any]:
 
 def model_cells(model: str | None = None) -> list[tuple[str, Cell]]:
     """(table, cell) for each model of the paper's tables, on its first dataset: ResNet-18, then the language
-    models the simulator splits (only `model` among them when given; `minilm` for the offline one)."""
+    models (only `model` among them when given; `minilm` for the offline one)."""
     if model is not None:
         _check_language_model(model)
-    models = [model] if model is not None else [m for m in LANGUAGE_MODELS if m not in NOT_SPLIT]
+    models = [model] if model is not None else list(LANGUAGE_MODELS)
     return [("vision", VISION_CELLS[0]), *(("language", language_cell("sst2", m)) for m in models)]
 
 
 def _check_language_model(model: str) -> None:
-    choices = [m for m in [*LANGUAGE_MODELS, OFFLINE_MODEL] if m not in NOT_SPLIT]
+    choices = [*LANGUAGE_MODELS, OFFLINE_MODEL]
     if model not in choices:
-        why = f" ({model}: {NOT_SPLIT[model]})" if model in NOT_SPLIT else ""
-        raise ConfigError("--model", model, "one of " + ", ".join(choices) + why)
-
-
-def not_run(name: str, model: str | None = None) -> dict[str, str]:
-    """The table's published models that its sweep leaves out, with the reason."""
-    return dict(NOT_SPLIT) if name == "language" and model is None else {}
+        raise ConfigError("--model", model, "one of " + ", ".join(choices))
 
 
 def table_sweep(
