@@ -201,7 +201,7 @@ def test_baseline_scenarios_validate(name):
     assert (hosfl.cut_grad_scale, hosfl.server_grad_scale) == ("1/K", "1/K^2")  # the authors' vision runner
     sfl = next(a for a in sc.algorithms if a.name == "splitfed_v1")
     assert (sfl.label, sfl.local_epochs) == ("SFL", 1)
-    assert (model.weights, sc.task.dataset.normalize) == ("imagenet", "cifar")
+    assert (model.weights, sc.task.dataset.normalize, model.freeze_bn_affine) == ("imagenet", "cifar", True)
     for opt in (hosfl.client_optimizer, hosfl.server_optimizer):
         assert (opt.name, opt.lr, opt.betas, opt.weight_decay) == ("adamw", 1e-3, [0.9, 0.999], 1e-4)
     assert sc.runtime.worker_num_gpus > 0 and sc.runtime.server_num_gpus > 0

@@ -300,3 +300,18 @@ def test_the_cnn_skips_its_head_pool_only_where_it_is_the_identity():
         expected.sum().backward()
         for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
             assert torch.equal(p.grad, q.grad)
+
+
+def test_freeze_bn_affine_freezes_batchnorm_scale_and_shift_on_both_sides_only():
+    from hosfl_sim.config import ModelConfig
+    from hosfl_sim.models import build_split_model
+
+    sample = {"x": np.zeros((1, 3, 32, 32), np.float32)}
+    cfg = ModelConfig(name="resnet18_imagenet", cut="layer2", width=8, freeze_bn_affine=True)
+    split = build_split_model(cfg, sample, num_classes=10, seed=0)
+    for part in (split.client, split.server):
+        frozen = {n for n, p in part.named_parameters() if not p.requires_grad}
+        bn = {n for n, m in part.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        assert bn and frozen == {f"{m}.{w}" for m in bn for w in ("weight", "bias")}
+    plain = build_split_model(ModelConfig(name="resnet18_imagenet", cut="layer2", width=8), sample, 10, seed=0)
+    assert all(p.requires_grad for p in plain.client.parameters())

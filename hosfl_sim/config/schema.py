@@ -86,7 +86,10 @@ class ModelConfig:
     name: str = "cnn"  # cnn | resnet18 | a Hugging Face model id or local path (language)
     cut: str | int = "block1"  # a named cut point (vision) or a layer index (language)
     width: int = 16  # base channel count of the vision models
-    weights: str | None = None  # local weights file for the vision models
+    weights: str | None = None  # imagenet (from the Hugging Face hub) or a local weights file, vision models
+    # BatchNorm scale and shift never train, on either side (the paper's vision code); running statistics
+    # still update wherever a side trains in train mode
+    freeze_bn_affine: bool = False
     # language models
     head: Literal["classifier", "verbalizer"] = "classifier"
     verbalizer: list[str] = field(default_factory=list)

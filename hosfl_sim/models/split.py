@@ -138,7 +138,14 @@ def build_split_model(
         raise ConfigError("task.model.cut", cfg.cut, f"one of {', '.join(entry.cut_points)} for model {cfg.name}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return entry.builder(cfg, sample_features, num_classes, seed)
+        split = entry.builder(cfg, sample_features, num_classes, seed)
+    if cfg.freeze_bn_affine:
+        for part in (split.client, split.server):
+            for m in part.modules():
+                if isinstance(m, _BATCHNORMS) and m.affine:
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
+    return split
 
 
 # ----------------------------------------------------------------------------- parts
