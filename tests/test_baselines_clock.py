@@ -184,8 +184,9 @@ def test_baseline_scenarios_validate(name):
     sc = load_scenario(name)
     names = {a.name for a in sc.algorithms}
     # the paper's SFL and SFL-ZO: SplitFed-V1 shaped, with local epochs
-    first_order, zeroth_order = ("sfl", "sfl_zo") if name == "noniid_all" else ("splitfed_v1", "sfl_zo_v1")
-    assert {"hosfl", first_order, zeroth_order, "mu_splitfed", "fsl_sage"} <= names
+    paper = name != "noniid_all"
+    first_order, zeroth_order = ("splitfed_v1", "sfl_zo_v1") if paper else ("sfl", "sfl_zo")
+    assert {"hosfl", first_order, zeroth_order, "mu_splitfed", "fsl_sage_persistent" if paper else "fsl_sage"} <= names
     mu = next(a for a in sc.algorithms if a.name == "mu_splitfed")
     assert (mu.mu, mu.server_steps, mu.global_lr) == (0.005, 2, 0.3)
     assert (mu.client_optimizer.name, mu.client_optimizer.lr, mu.server_optimizer.lr) == ("sgd", 0.005, 0.01)

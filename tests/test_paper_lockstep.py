@@ -253,3 +253,133 @@ def test_sfl_zo_v1_matches_the_reference_loop_in_lock_step(tmp_path, optimizer):
         got = dict(ours.named_parameters())
         for key, want in theirs.named_parameters():
             torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_fsl_sage_persistent_matches_the_reference_loop_in_lock_step(tmp_path):
+    """FSL-SAGE as the authors' vision runner (three rounds, a small ResNet): per-client aux models aligned at
+    each round's start on the client's buffer (targets from the server as the round starts, in eval mode), the
+    clients one after another on their aux gradients, the shared server stepped at every `interval`-th step,
+    the client parts averaged by size. Only the aux models' initial weights come from the project."""
+    import copy
+    import math
+
+    from hosfl_sim.algorithms.fsl_sage_persistent import align_order, cut_channels, initial_aux
+
+    interval, passes, keep, batch = 2, 2, 40, 16
+    algo = {"name": "fsl_sage_persistent", "local_epochs": 1, "align_every": interval, "aux_passes": passes}
+    algo |= {"aux_buffer_samples": keep, "aux_batch": batch}
+    data = tiny_scenario(
+        task={
+            "dataset": {"name": "digits", "max_train": 300},
+            "partition": {"scheme": "dirichlet", "alpha": 0.5, "min_size": 20},
+            "model": {"name": "resnet18_cifar", "cut": "layer1", "width": 4},
+        },
+        algorithms=[algo],
+        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
+    )
+    engine = Engine(load_scenario(data), progress=False)
+    (summary,) = engine.run_all(tmp_path / "runs")
+    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
+    spec = engine.spec(0, SEED)
+    sizes = spec.partition.sizes()
+    split = spec.build_model()
+    glob_c, server = split.client, split.server.eval()
+
+    def adamw(module: torch.nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-4)
+
+    def input_grad(module, a, y, create_graph=False) -> torch.Tensor:
+        a = a.detach().requires_grad_(True)
+        return torch.autograd.grad(F.cross_entropy(module(a), y), a, create_graph=create_graph)[0]
+
+    opt_s, aux = adamw(server), {}
+    for rnd in range(1, ROUNDS + 1):
+        sampled = clients.loc[clients["round"] == rnd, "client_id"].tolist()
+        for cid in sampled:  # alignment first, all of it from the server as the round starts
+            if cid not in aux:
+                m = initial_aux(spec, cut_channels(spec, glob_c, ("x",)), cid)
+                aux[cid] = [m, torch.optim.Adam(m.parameters(), lr=1e-3), None, None]
+            m, opt, buf_a, buf_y = aux[cid]
+            m.train()
+            if buf_a is not None:
+                target = input_grad(server, buf_a, buf_y)
+                order = align_order(spec, rnd, cid)
+                for _ in range(passes):
+                    for idx in torch.randperm(len(buf_y), generator=order).split(batch):
+                        g = input_grad(m, buf_a[idx], buf_y[idx], create_graph=True)
+                        opt.zero_grad()
+                        ((g - target[idx]) ** 2).sum().backward()
+                        opt.step()
+        trained = []
+        for cid in sampled:  # then the clients, one after another
+            c, m = copy.deepcopy(glob_c).train(), aux[cid][0]
+            opt_c = adamw(c)
+            rows = spec.partition.client_indices(cid)
+            assert len(rows) % B != 1  # no last batch of one to skip here
+            order = np.random.default_rng([SEED, 13, cid, rnd, 0]).permutation(len(rows))
+            for step in range(math.ceil(len(rows) / B)):
+                feats, y = spec.train.batch(np.sort(rows[order[step * B : (step + 1) * B]]))
+                y = torch.from_numpy(y).long()
+                opt_c.zero_grad()
+                z = c(x=torch.from_numpy(feats["x"]).float())
+                if step % interval == 0:
+                    opt_s.zero_grad()
+                    F.cross_entropy(server(z.detach()), y).backward()
+                    opt_s.step()
+                    a_old, y_old = aux[cid][2], aux[cid][3]
+                    aux[cid][2] = (z.detach() if a_old is None else torch.cat([a_old, z.detach()]))[-keep:]
+                    aux[cid][3] = (y if y_old is None else torch.cat([y_old, y]))[-keep:]
+                z.backward(input_grad(m, z, y))
+                opt_c.step()
+            trained.append(c)
+        w = sizes[sampled].astype(np.float64) / sizes[sampled].sum()
+        with torch.no_grad():
+            state = glob_c.state_dict()
+            for key in [n for n, p in glob_c.named_parameters() if p.requires_grad] + [
+                k for k in state if k.endswith(("running_mean", "running_var"))
+            ]:
+                state[key].copy_(sum(wi * t.state_dict()[key].double() for wi, t in zip(w, trained)).float())
+
+    role = engine.backend.server_role
+    pairs = [(role.client.state_dict(), glob_c.state_dict()), (role.server.state_dict(), server.state_dict())]
+    pairs += [(role.aux_states[cid]["model"], m.state_dict()) for cid, (m, *_) in aux.items()]
+    for got, want in pairs:
+        for key, value in want.items():
+            if key.endswith("num_batches_tracked"):
+                continue
+            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=lambda msg, k=key: f"{k}: {msg}")
+
+
+def test_fsl_sage_persistent_keeps_its_aux_states_through_a_checkpoint_and_a_rollback(tmp_path):
+    """The per-client aux models, Adam states and buffers outlive rounds: they are in the server's state."""
+    import io
+
+    from hosfl_sim.runtime.checkpoint import decode, encode
+
+    algo = {"name": "fsl_sage_persistent", "local_epochs": 1, "align_every": 2, "aux_buffer_samples": 40}
+    data = tiny_scenario(
+        task={"dataset": {"name": "digits", "max_train": 300}, "model": {"name": "cnn", "cut": "block1", "width": 4}},
+        algorithms=[algo],
+        federation={"num_clients": N, "clients_per_round": K, "rounds": 2, "batch_size": B, "eval_every": 2},
+    )
+    engine = Engine(load_scenario(data), progress=False)
+    engine.run_all(tmp_path / "runs")
+    role = engine.backend.server_role
+    assert len(role.aux_states) >= K and all(len(s["y"]) > 0 for s in role.aux_states.values())
+    buffer = io.BytesIO()
+    torch.save(encode(role.state_dict()), buffer)  # as a checkpoint writes and reads it
+    buffer.seek(0)
+    fresh = type(role)(role.spec)
+    fresh.load_state_dict(decode(torch.load(buffer, weights_only=True)))
+    role.snapshot()
+    before = {cid: {k: v for k, v in s.items() if k != "opt"} for cid, s in role.aux_states.items()}
+    role.aux_states.clear()  # what a round that is then rolled back might leave
+    role.restore()
+    for other in (fresh, role):
+        assert set(other.aux_states) == set(before)
+        for cid, state in before.items():
+            for key in ("a", "y"):
+                assert torch.equal(other.aux_states[cid][key], state[key])
+            for name, t in state["model"].items():
+                assert torch.equal(other.aux_states[cid]["model"][name], t), name

@@ -4,6 +4,7 @@ from hosfl_sim.algorithms.base import Algorithm, Backend, ClientRecord, RoundRes
 from hosfl_sim.algorithms.centralized import Centralized
 from hosfl_sim.algorithms.fedavg import FedAvg
 from hosfl_sim.algorithms.fsl_sage import FSLSAGE
+from hosfl_sim.algorithms.fsl_sage_persistent import FSLSAGEPersistent
 from hosfl_sim.algorithms.hosfl import HOSFL
 from hosfl_sim.algorithms.mezo import MeZO
 from hosfl_sim.algorithms.mu_splitfed import MUSplitFed
@@ -16,7 +17,20 @@ from hosfl_sim.config import ConfigError
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
-    for cls in (HOSFL, SFL, SFLZO, FedAvg, ZOFL, Centralized, MeZO, SplitFedV1, MUSplitFed, FSLSAGE, SFLZOV1)
+    for cls in (
+        HOSFL,
+        SFL,
+        SFLZO,
+        FedAvg,
+        ZOFL,
+        Centralized,
+        MeZO,
+        SplitFedV1,
+        MUSplitFed,
+        FSLSAGE,
+        SFLZOV1,
+        FSLSAGEPersistent,
+    )
 }
 
 

@@ -170,6 +170,10 @@ class AlgorithmConfig:
     aux_passes: int = 5  # passes over the buffer per refit of the aux head
     aux_lr: float = 1e-3  # Adam learning rate of the aux head
     aux_buffer: int = 8  # (a, y, g) batches the aux head is refit on, newest first
+    # FSL-SAGE as the paper's code (fsl_sage_persistent): (a, y) samples each client's buffer keeps, and the
+    # batch size of the server's alignment passes over it
+    aux_buffer_samples: int = 1000
+    aux_batch: int = 100
 
     def check(self, path: str) -> None:
         _require(self.local_steps >= 1, f"{path}.local_steps", self.local_steps, "an integer >= 1")
@@ -180,7 +184,7 @@ class AlgorithmConfig:
             _require(self.local_steps == 1, f"{path}.local_steps", self.local_steps, expected)
         _require(self.perturbations >= 1, f"{path}.perturbations", self.perturbations, "an integer >= 1 (P)")
         _require(self.mu > 0, f"{path}.mu", self.mu, "a number > 0")
-        for name in ("server_steps", "align_every", "aux_passes", "aux_buffer"):
+        for name in ("server_steps", "align_every", "aux_passes", "aux_buffer", "aux_buffer_samples", "aux_batch"):
             v = getattr(self, name)
             _require(v >= 1, f"{path}.{name}", v, "an integer >= 1")
         for name in ("global_lr", "aux_lr"):
