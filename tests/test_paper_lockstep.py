@@ -21,6 +21,22 @@ N, K, B, P, MU, ROUNDS, SEED = 6, 3, 16, 3, 1e-3, 3, 0
 
 
 SGD = {"name": "sgd", "lr": 0.05, "weight_decay": 0.0}  # blind to no scale (AdamW is to nearly all)
+UNEVEN = {
+    "dataset": {"name": "digits", "max_train": 300},
+    "partition": {"scheme": "dirichlet", "alpha": 0.5, "min_size": 20},
+}
+
+
+def run_project(tmp_path, algo: dict, model: dict, rounds: int = ROUNDS, task: dict | None = None):
+    """The project's run of `algo` on digits: (engine, clients.parquet, the run's TaskSpec)."""
+    data = tiny_scenario(
+        task={"dataset": {"name": "digits"}, **(task or {}), "model": model},
+        algorithms=[algo],
+        federation={"num_clients": N, "clients_per_round": K, "rounds": rounds, "batch_size": B, "eval_every": 3},
+    )
+    engine = Engine(load_scenario(data), progress=False)
+    (summary,) = engine.run_all(tmp_path / "runs")
+    return engine, pd.read_parquet(summary.run_dir / "clients.parquet"), engine.spec(0, SEED)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -31,15 +47,7 @@ def test_hosfl_matches_the_reference_loop_in_lock_step(tmp_path, scales, optimiz
     algo["server_grad_scale"] = server_scale
     if optimizer == "sgd":
         algo["client_optimizer"] = algo["server_optimizer"] = SGD
-    data = tiny_scenario(
-        task={"dataset": {"name": "digits"}, "model": {"name": "cnn", "cut": "block2", "width": 4}},
-        algorithms=[algo],
-        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
-    )
-    engine = Engine(load_scenario(data), progress=False)
-    (summary,) = engine.run_all(tmp_path / "runs")
-    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
-    spec = engine.spec(0, SEED)
+    engine, clients, spec = run_project(tmp_path, algo, {"name": "cnn", "cut": "block2", "width": 4})
     split = spec.build_model()
     client, server = split.client.eval(), split.server.train()
     theta = [p for p in client.parameters() if p.requires_grad]
@@ -119,15 +127,7 @@ def test_mu_splitfed_matches_the_reference_loop_in_lock_step(tmp_path):
     tau, lr_c, lr_s, mu, glr = 2, 0.005, 0.01, 0.005, 0.3  # the reference settings
     algo = {"name": "mu_splitfed", "mu": mu, "server_steps": tau, "global_lr": glr}
     algo |= {"client_optimizer": {**SGD, "lr": lr_c}, "server_optimizer": {**SGD, "lr": lr_s}}
-    data = tiny_scenario(
-        task={"dataset": {"name": "digits"}, "model": {"name": "cnn", "cut": "block2", "width": 4}},
-        algorithms=[algo],
-        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
-    )
-    engine = Engine(load_scenario(data), progress=False)
-    (summary,) = engine.run_all(tmp_path / "runs")
-    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
-    spec = engine.spec(0, SEED)
+    engine, clients, spec = run_project(tmp_path, algo, {"name": "cnn", "cut": "block2", "width": 4})
     split = spec.build_model()
     glob_c, glob_s = split.client.eval(), split.server.eval()
     for p in [*glob_c.parameters(), *glob_s.parameters()]:
@@ -180,19 +180,7 @@ def test_sfl_zo_v1_matches_the_reference_loop_in_lock_step(tmp_path, optimizer):
     algo = {"name": "sfl_zo_v1", "perturbations": p_dirs, "mu": mu, "local_epochs": 1}
     if optimizer == "sgd":
         algo["client_optimizer"] = algo["server_optimizer"] = sgd
-    data = tiny_scenario(
-        task={
-            "dataset": {"name": "digits", "max_train": 300},
-            "partition": {"scheme": "dirichlet", "alpha": 0.5, "min_size": 20},
-            "model": {"name": "cnn", "cut": "block2", "width": 4},
-        },
-        algorithms=[algo],
-        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
-    )
-    engine = Engine(load_scenario(data), progress=False)
-    (summary,) = engine.run_all(tmp_path / "runs")
-    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
-    spec = engine.spec(0, SEED)
+    engine, clients, spec = run_project(tmp_path, algo, {"name": "cnn", "cut": "block2", "width": 4}, task=UNEVEN)
     sizes = spec.partition.sizes()
     split = spec.build_model()
     glob_c, glob_s = split.client.eval(), split.server.eval()
@@ -268,19 +256,8 @@ def test_fsl_sage_persistent_matches_the_reference_loop_in_lock_step(tmp_path):
     interval, passes, keep, batch = 2, 2, 40, 16
     algo = {"name": "fsl_sage_persistent", "local_epochs": 1, "align_every": interval, "aux_passes": passes}
     algo |= {"aux_buffer_samples": keep, "aux_batch": batch}
-    data = tiny_scenario(
-        task={
-            "dataset": {"name": "digits", "max_train": 300},
-            "partition": {"scheme": "dirichlet", "alpha": 0.5, "min_size": 20},
-            "model": {"name": "resnet18_cifar", "cut": "layer1", "width": 4},
-        },
-        algorithms=[algo],
-        federation={"num_clients": N, "clients_per_round": K, "rounds": ROUNDS, "batch_size": B, "eval_every": 3},
-    )
-    engine = Engine(load_scenario(data), progress=False)
-    (summary,) = engine.run_all(tmp_path / "runs")
-    clients = pd.read_parquet(summary.run_dir / "clients.parquet")
-    spec = engine.spec(0, SEED)
+    model = {"name": "resnet18_cifar", "cut": "layer1", "width": 4}
+    engine, clients, spec = run_project(tmp_path, algo, model, task=UNEVEN)
     sizes = spec.partition.sizes()
     split = spec.build_model()
     glob_c, server = split.client, split.server.eval()
@@ -358,13 +335,7 @@ def test_fsl_sage_persistent_keeps_its_aux_states_through_a_checkpoint_and_a_rol
     from hosfl_sim.runtime.checkpoint import decode, encode
 
     algo = {"name": "fsl_sage_persistent", "local_epochs": 1, "align_every": 2, "aux_buffer_samples": 40}
-    data = tiny_scenario(
-        task={"dataset": {"name": "digits", "max_train": 300}, "model": {"name": "cnn", "cut": "block1", "width": 4}},
-        algorithms=[algo],
-        federation={"num_clients": N, "clients_per_round": K, "rounds": 2, "batch_size": B, "eval_every": 2},
-    )
-    engine = Engine(load_scenario(data), progress=False)
-    engine.run_all(tmp_path / "runs")
+    engine, _, _ = run_project(tmp_path, algo, {"name": "cnn", "cut": "block1", "width": 4}, 2, UNEVEN)
     role = engine.backend.server_role
     assert len(role.aux_states) >= K and all(len(s["y"]) > 0 for s in role.aux_states.values())
     buffer = io.BytesIO()
