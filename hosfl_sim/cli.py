@@ -211,7 +211,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run a paper table as a resumable sweep, then print and write our numbers beside the published ones."""
     import yaml
 
-    from hosfl_sim.reproduce import table_sweep, write_report
+    from hosfl_sim.reproduce import preflight, table_sweep, write_report
     from hosfl_sim.runtime.sweep import run_sweep
 
     overrides = {k: yaml.safe_load(v) for k, v in _parse_overrides(args.overrides).items()}
@@ -219,6 +219,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.table in ("memory", "communication"):
         return _reproduce_resources(args, overrides, out)
     spec = table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides)
+    preflight(spec)
     print(spec.description)
     result = run_sweep(spec, out, address=args.address, resume=args.resume)
     _, text = write_report(result.dir, args.table, spec.description)
@@ -240,7 +241,7 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
         format_bytes_table,
         memory_table,
     )
-    from hosfl_sim.reproduce.tables import model_cells, table_sweep
+    from hosfl_sim.reproduce.tables import model_cells, preflight, table_sweep
     from hosfl_sim.runtime.sweep import run_sweep
 
     check_scalar_options(args.table, args.scale, args.seeds)
@@ -267,6 +268,7 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
     for name in ("vision", "language"):
         cells = [cell for table, cell in model_cells(args.model) if table == name]
         spec = communication_sweep(table_sweep(name, 1.0, None, args.data, None, overrides, cells))
+        preflight(spec)
         result = run_sweep(spec, out / name, address=args.address, resume=args.resume)
         frames.append(communication_table(result.dir))
         failed += [f"{name}/{p}" for p in result.failed]

@@ -54,6 +54,15 @@ def test_bad_arguments_fail_naming_the_field(args, field):
     assert e.value.path == field
 
 
+def use_cache(monkeypatch, path) -> None:
+    """The Hugging Face cache at `path`, for the runs (Ray tasks read HF_HUB_CACHE as they start) and for this
+    process (which read it when it imported huggingface_hub)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(path))
+
+
 def _cifar_npz(path, classes: int, n: int = 300) -> None:
     rng = np.random.default_rng(classes)
     y = rng.integers(0, classes, n + 100)
@@ -69,7 +78,7 @@ def _read_table(out) -> pd.DataFrame:
 def test_reproduce_vision_at_a_small_scale_runs_every_cell(tmp_path, monkeypatch, capsys, ray_session):
     width = 8
     make_hub_cache(tmp_path / "hub", imagenet_like_state(width))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # the runs (Ray tasks) read this cache
+    use_cache(monkeypatch, tmp_path / "hub")
     data = tmp_path / "data"
     data.mkdir()
     _cifar_npz(data / "cifar10.npz", 10)
@@ -145,7 +154,7 @@ def _glue_folders(root) -> None:
 
 def test_reproduce_language_at_a_small_scale_runs_every_cell_of_one_model(tmp_path, monkeypatch, capsys, ray_session):
     _tiny_opt_in_cache(tmp_path / "hub")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    use_cache(monkeypatch, tmp_path / "hub")
     _glue_folders(tmp_path / "glue")
     out = tmp_path / "language"
     args = ["reproduce", "language", "task.dataset.max_length=12", "federation.num_clients=6"]
@@ -165,12 +174,9 @@ def test_reproduce_language_at_a_small_scale_runs_every_cell_of_one_model(tmp_pa
 def test_reproduce_memory_and_communication_on_the_papers_models(tmp_path, monkeypatch, capsys, ray_session):
     """memory: the four modes of ResNet-18 (cut layer2) and of the offline MiniLM, measured here; communication:
     one round of every algorithm of both tables, the bytes per client as the ledger charged them."""
-    from huggingface_hub import constants
-
     width = 8
     make_hub_cache(tmp_path / "hub", imagenet_like_state(width))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # the runs (Ray tasks) read this cache
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # and so does this process
+    use_cache(monkeypatch, tmp_path / "hub")
     data = tmp_path / "data"
     _glue_folders(data)
     _cifar_npz(data / "cifar10.npz", 10)
@@ -205,3 +211,18 @@ def test_resource_tables_refuse_a_scale_or_seeds(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: --scale: got 0.5, expected nothing for the memory table")
     assert err[1].startswith("error: --seeds: got 3, expected nothing for the communication table")
+
+
+def test_missing_weights_offline_fail_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for table in ("vision", "language"):
+        out = tmp_path / table
+        assert main(["reproduce", table, "--scale", "0.01", "--out", str(out)]) == 2
+        assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert err[0].startswith("error: task.model.weights: got 'imagenet', expected files in the Hugging Face cache")
+    assert err[1].startswith("error: task.model.name: got 'facebook/opt-125m'") and "HF_HUB_OFFLINE" in err[1]

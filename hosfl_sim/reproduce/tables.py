@@ -161,3 +161,28 @@ def table_sweep(
         grid=grid,
         folder_keys=["description"],  # runs/<cell>/<algorithm>_seed<k>
     )
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Fail before anything is written where a run could not start: pretrained weights or a language model that
+    is neither local, nor cached, nor reachable (offline, or gated without a token). What is found downloads into
+    the Hugging Face cache now, once, rather than in every run."""
+    from hosfl_sim.hfhub import HUB_WEIGHTS, hub_error, hub_file, hub_offline
+    from hosfl_sim.runtime.sweep import plan_sweep
+
+    seen = set()
+    for run in plan_sweep(spec):
+        model = run.scenario.task.model
+        key = (model.name, model.weights, model.config_overrides.get("random_init", False))
+        if key in seen:
+            continue
+        seen.add(key)
+        if model.weights in HUB_WEIGHTS:
+            hub_file("task.model.weights", model.weights)
+        elif model.name.count("/") == 1 and not key[2] and not Path(model.name).exists():
+            from transformers import AutoConfig
+
+            try:
+                AutoConfig.from_pretrained(model.name, local_files_only=hub_offline())
+            except (OSError, ValueError) as e:
+                raise hub_error("task.model.name", model.name, e) from None
