@@ -240,6 +240,7 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
         communication_table,
         format_bytes_table,
         memory_table,
+        plot_communication,
     )
     from hosfl_sim.reproduce.tables import model_cells, preflight, table_sweep
     from hosfl_sim.runtime.sweep import run_sweep
@@ -248,7 +249,7 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
     if args.table == "memory":
         import torch
 
-        from hosfl_sim.memory.modes import format_modes
+        from hosfl_sim.memory.modes import format_modes, plot_modes
 
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device", args.device, "cpu (no CUDA device is visible here)")
@@ -260,9 +261,11 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
         table.to_csv(out / "memory.csv", index=False)
         for model, rows in table.groupby("model", sort=False):
             r = rows.iloc[0]
-            print(f"\n{model}, cut {r['cut']}, batch {r['batch']}, {args.device}")
+            title = f"{model}, cut {r['cut']}, batch {r['batch']}, {args.device}"
+            print(f"\n{title}")
             print(format_modes(rows.reset_index(drop=True)))
-        print(f"\nwritten: {out / 'memory.csv'}")
+            plot_modes(rows.reset_index(drop=True), out / str(model), title=title)
+        print(f"\nwritten: {out / 'memory.csv'}, {out}/<model>/memory_modes.png")
         return 0
     frames, failed = [], []
     for name in ("vision", "language"):
@@ -276,10 +279,12 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
 
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out / "communication.csv", index=False)
-    text = format_bytes_table(table, "Communication per client in one round")
+    title = "Communication per client in one round"
+    text = format_bytes_table(table, title)
     (out / "communication.md").write_text(text)
+    plot_communication(table, out / "communication.png", title)
     print(text)
-    print(f"written: {out / 'communication.md'}, communication.csv")
+    print(f"written: {out / 'communication.md'}, communication.csv, communication.png")
     for path in failed:
         print(f"failed: {path} (see {out / path / 'error.txt'})", file=sys.stderr)
     return 1 if failed else 0

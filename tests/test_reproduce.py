@@ -190,6 +190,7 @@ def test_reproduce_memory_and_communication_on_the_papers_models(tmp_path, monke
         modes = set(rows["mode"])
         assert len(modes) == 4 and (rows["total"] > 0).all()
     assert "resnet18, cut layer2, batch 32, cpu" in capsys.readouterr().out
+    assert (tmp_path / "mem" / "resnet18" / "memory_modes.png").stat().st_size > 0
 
     assert main(["reproduce", "communication", *common, "--out", str(tmp_path / "comm")]) == 0
     comm = pd.read_csv(tmp_path / "comm" / "communication.csv").set_index(["model", "algorithm"])
@@ -203,6 +204,7 @@ def test_reproduce_memory_and_communication_on_the_papers_models(tmp_path, monke
     assert sfl["model_up"] > 0 and sfl["act_up"] == hosfl["act_up"] and sfl["scalar_up"] == 0
     assert comm.loc[("minilm", "SplitLoRA"), "model_up"] > 0
     assert (tmp_path / "comm" / "communication.md").read_text().count("| resnet18 |") == 5
+    assert (tmp_path / "comm" / "communication.png").stat().st_size > 0
 
 
 def test_resource_tables_refuse_a_scale_or_seeds(capsys):

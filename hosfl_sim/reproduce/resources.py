@@ -100,6 +100,32 @@ def format_bytes_table(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_communication(df: pd.DataFrame, path: Path, title: str) -> None:
+    """Bytes per client in one round, one group of bars per model, one bar per algorithm (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(dict.fromkeys(df["model"]))
+    algos = list(dict.fromkeys(df["algorithm"]))
+    width = 0.8 / max(1, len(algos))
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(models)), 3.8))
+    for j, algo in enumerate(algos):
+        rows = df[df["algorithm"] == algo].set_index("model")["total"]
+        x = np.arange(len(models)) + (j - (len(algos) - 1) / 2) * width
+        ax.bar(x, [rows.get(m, np.nan) for m in models], width, label=algo, color=plt.get_cmap("tab10")(j))
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(models)), models)
+    ax.set_ylabel("bytes per client in one round")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 def check_scalar_options(table: str, scale: float, seeds: int | None) -> None:
     """The resource tables run one configuration: a budget scale or a seed count means nothing there."""
     if scale != 1.0:
