@@ -109,18 +109,21 @@ def plot_communication(df: pd.DataFrame, path: Path, title: str) -> None:
     import numpy as np
 
     models = list(dict.fromkeys(df["model"]))
-    algos = list(dict.fromkeys(df["algorithm"]))
-    width = 0.8 / max(1, len(algos))
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(models)), 3.8))
-    for j, algo in enumerate(algos):
-        rows = df[df["algorithm"] == algo].set_index("model")["total"]
-        x = np.arange(len(models)) + (j - (len(algos) - 1) / 2) * width
-        ax.bar(x, [rows.get(m, np.nan) for m in models], width, label=algo, color=plt.get_cmap("tab10")(j))
+    color = {a: plt.get_cmap("tab10")(j) for j, a in enumerate(dict.fromkeys(df["algorithm"]))}
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(models)) + 2.0, 3.8))
+    labelled = set()
+    for i, model in enumerate(models):  # each model's own algorithms side by side
+        rows = df[df["model"] == model]
+        width = 0.8 / len(rows)
+        for j, (algo, total) in enumerate(zip(rows["algorithm"], rows["total"])):
+            label = None if algo in labelled else algo
+            labelled.add(algo)
+            ax.bar(i + (j - (len(rows) - 1) / 2) * width, total, width, color=color[algo], label=label)
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(models)), models)
     ax.set_ylabel("bytes per client in one round")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
