@@ -20,3 +20,16 @@ def test_runs_match_their_golden_files(tmp_path, system):
         for kind, got in (("rounds", rounds), ("clients", clients)):
             want = pd.read_parquet(HERE / f"{label}.{kind}.parquet")
             assert_frame_equal(got, want, check_exact=True, obj=f"{label}.{kind}")
+
+
+# The Ray backend with two workers, on the conditions that move numbers most: deadline drops and mid-round failures.
+RAY_ALGORITHMS = ["hosfl", "sfl", "sfl_zo", "splitfed_v1", "fsl_sage"]
+
+
+def test_the_ray_backend_with_two_workers_matches_the_same_golden_files(tmp_path, ray_session):
+    runs = run("deadline", tmp_path, backend="ray", only=RAY_ALGORITHMS)
+    assert sorted(runs) == sorted(f"deadline_{name}" for name in RAY_ALGORITHMS)
+    for label, (rounds, clients) in runs.items():
+        for kind, got in (("rounds", rounds), ("clients", clients)):
+            want = pd.read_parquet(HERE / f"{label}.{kind}.parquet")
+            assert_frame_equal(got, want, check_exact=True, obj=f"ray {label}.{kind}")

@@ -54,7 +54,7 @@ ALGORITHMS = [
 ]
 
 
-def scenario(system: str) -> dict:
+def scenario(system: str, backend: str = "local") -> dict:
     return {
         "name": f"golden_{system}",
         "task": {
@@ -65,7 +65,7 @@ def scenario(system: str) -> dict:
         "algorithms": ALGORITHMS,
         "federation": {"num_clients": 12, "clients_per_round": 4, "rounds": 4, "batch_size": 16, "eval_every": 2},
         "seeds": [0],
-        "runtime": {"backend": "local", "num_workers": 2},
+        "runtime": {"backend": backend, "num_workers": 2},
         "system": SYSTEMS[system],
     }
 
@@ -80,11 +80,23 @@ def supported(system: str) -> list[int]:
     return [i for i, a in enumerate(ALGORITHMS) if get_algorithm(a["name"]).supports_policies]
 
 
-def run(system: str, out: Path) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """{run label: (rounds, clients)} of the golden scenario `system`, run into `out`."""
-    engine = Engine(load_scenario(scenario(system)), progress=False)
+def run(
+    system: str, out: Path, backend: str = "local", only: list[str] | None = None
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """{run label: (rounds, clients)} of the golden scenario `system` on `backend` (the algorithms named in `only`,
+    else all it supports), run into `out`. Both backends give the same numbers: one set of files serves both."""
+    engine = Engine(load_scenario(scenario(system, backend)), progress=False)
+    indices = [i for i in supported(system) if only is None or ALGORITHMS[i]["name"] in only]
+    try:
+        return _run_each(engine, system, out, indices)
+    finally:
+        if backend == "ray":
+            engine.close()
+
+
+def _run_each(engine: Engine, system: str, out: Path, indices: list[int]) -> dict:
     result = {}
-    for i in supported(system):
+    for i in indices:
         summary = engine.run_one(i, 0, out / f"{system}_{i}")
         rounds = pd.read_parquet(summary.run_dir / "rounds.parquet")
         clients = pd.read_parquet(summary.run_dir / "clients.parquet")
