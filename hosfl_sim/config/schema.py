@@ -20,6 +20,11 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: got {value!r}, expected {expected}")
 
 
+def directory_name(label: str) -> str:
+    """`label` as a run directory names it: letters, digits and - _ . kept, anything else an underscore."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+
+
 def _require(ok: bool, path: str, value: object, expected: str) -> None:
     if not ok:
         raise ConfigError(path, value, expected)
@@ -389,8 +394,12 @@ class Scenario:
             a.check(f"algorithms[{i}]")
         labels = [a.display_name for a in self.algorithms]
         _require(len(set(labels)) == len(labels), "algorithms", labels, "distinct names or labels")
+        dirs = [directory_name(label) for label in labels]  # two runs must never share a directory
+        expected = f"labels that stay distinct as directory names (they become {dirs})"
+        _require(len(set(dirs)) == len(dirs), "algorithms", labels, expected)
         self.federation.check("federation")
         _require(len(self.seeds) >= 1, "seeds", self.seeds, "a non-empty list of integers")
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "distinct integers (one run each)")
         self.runtime.check("runtime")
         self.system.check("system")
         fed, system = self.federation, self.system

@@ -31,6 +31,7 @@ from hosfl_sim.algorithms import ALGORITHMS, TaskSpec, get_algorithm
 from hosfl_sim.algorithms.base import RoundResult, count_flops, to_tensors
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import ConfigError, Scenario, to_dict
+from hosfl_sim.config.schema import directory_name
 from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
 from hosfl_sim.record import Recorder, build_manifest, read_manifest
@@ -140,9 +141,7 @@ def make_backend(scenario: Scenario):
 
 
 def run_label(scenario: Scenario, index: int, seed: int) -> str:
-    label = scenario.algorithms[index].display_name
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
-    return f"{safe}_seed{seed}"
+    return f"{directory_name(scenario.algorithms[index].display_name)}_seed{seed}"
 
 
 def run_hash(scenario: dict, index: int, seed: int) -> str:

@@ -51,6 +51,7 @@ import yaml
 
 from hosfl_sim.config import ConfigError, Scenario, load_scenario, to_dict
 from hosfl_sim.config.load import SCENARIO_DIR, apply_override, load_raw, resolve_path
+from hosfl_sim.config.schema import directory_name
 
 INDEX = "sweep_index.parquet"
 SWEEP_JSON = "sweep.json"
@@ -185,7 +186,7 @@ def _depth(key: str) -> int:
 
 
 def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+    return directory_name(text)
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
