@@ -65,3 +65,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     malformed.write_text("federation: [1, 2\n")
     assert main(["run", str(malformed)]) == 2
     assert "malformed YAML" in capsys.readouterr().err
+
+
+def test_an_override_key_with_stray_brackets_is_refused():
+    with pytest.raises(ConfigError) as e:
+        load_scenario("quickstart", ["algorithms[0]].mu=1"])
+    assert e.value.path == "algorithms[0]].mu" and "a dotted key" in e.value.expected
+    assert load_scenario("quickstart", ["algorithms[0].mu=0.5"]).algorithms[0].mu == 0.5

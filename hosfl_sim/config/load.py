@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Hashable
@@ -116,8 +117,13 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\[\d+\])*(\.[A-Za-z_]\w*(\[\d+\])*)*")
+
+
 def apply_override(data: dict, dotted: str, value: Any) -> None:
     """Set `a.b[1].c` in a nested dict/list structure, creating mappings as needed."""
+    if not _DOTTED.fullmatch(dotted):
+        raise ConfigError(dotted, value, "a dotted key such as federation.rounds or algorithms[0].mu")
     node: Any = data
     parts = dotted.replace("]", "").replace("[", ".").split(".")
     for i, part in enumerate(parts):
@@ -173,8 +179,8 @@ def load_raw(name_or_path: str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(where, "malformed YAML", f"valid YAML ({getattr(e, 'problem', e)})") from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty or comment-only file: never run the defaults in its name
+        raise ConfigError(str(path), "an empty file", "a scenario: a mapping with task, algorithms, federation, ...")
     if not isinstance(data, dict):
         raise ConfigError(str(path), data, "a mapping at the top level")
     data.setdefault("name", path.stem)

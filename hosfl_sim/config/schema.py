@@ -17,7 +17,15 @@ class ConfigError(ValueError):
 
     def __init__(self, path: str, value: object, expected: str):
         self.path, self.value, self.expected = path, value, expected
-        super().__init__(f"{path}: got {value!r}, expected {expected}")
+        super().__init__(f"{path}: got {shortened(value)}, expected {expected}")
+
+
+def shortened(value: object, limit: int = 200) -> str:
+    """repr(value), cut to about `limit` characters: an error line echoes what it refuses, never megabytes of it."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text):,} characters)"
 
 
 def directory_name(label: str) -> str:
@@ -220,7 +228,9 @@ class DistributionConfig:
     def check(self, path: str, minimum: float = 0.0) -> None:
         for name in ("value", "low", "high", "median"):
             v = getattr(self, name)
-            _require(v > minimum if minimum == 0.0 else v >= minimum, f"{path}.{name}", v, f"a number > {minimum}")
+            ok = math.isfinite(v) and (v > minimum if minimum == 0.0 else v >= minimum)
+            expected = f"a finite number > {minimum:g}" if minimum == 0.0 else f"a finite number >= {minimum:g}"
+            _require(ok, f"{path}.{name}", v, expected)
         _require(self.low <= self.high, f"{path}.high", self.high, f"a number >= low ({self.low})")
         _require(self.sigma >= 0, f"{path}.sigma", self.sigma, "a number >= 0")
 
@@ -297,15 +307,20 @@ class SystemConfig:
     overcommit: float = 1.3  # overcommit policy: sample ceil(overcommit * K), keep the first K to arrive
 
     def check(self, path: str) -> None:
-        self.compute_flops.check(f"{path}.compute_flops")
-        self.uplink_bps.check(f"{path}.uplink_bps")
-        self.downlink_bps.check(f"{path}.downlink_bps")
+        # under 1 FLOP/s or 1 bit/s is a typo, and would overflow the simulated clock
+        self.compute_flops.check(f"{path}.compute_flops", minimum=1.0)
+        self.uplink_bps.check(f"{path}.uplink_bps", minimum=1.0)
+        self.downlink_bps.check(f"{path}.downlink_bps", minimum=1.0)
         for name in ("value", "low", "high", "median"):
             v = getattr(self.latency_s, name)
-            _require(v >= 0, f"{path}.latency_s.{name}", v, "a number >= 0")
+            _require(math.isfinite(v) and v >= 0, f"{path}.latency_s.{name}", v, "a finite number >= 0")
         for i, t in enumerate(self.tiers):
             t.check(f"{path}.tiers[{i}]")
-        _require(self.server_flops > 0, f"{path}.server_flops", self.server_flops, "a number > 0")
+        v = self.server_flops
+        _require(math.isfinite(v) and v >= 1.0, f"{path}.server_flops", v, "a finite number >= 1 (FLOP/s)")
+        for name in ("straggler_slowdown", "overcommit"):
+            v = getattr(self, name)
+            _require(math.isfinite(v), f"{path}.{name}", v, "a finite number")
         v = self.server_link_bps
         _require(v is None or v > 0, f"{path}.server_link_bps", v, "a number > 0 or null")
         _require(
@@ -400,6 +415,8 @@ class Scenario:
         self.federation.check("federation")
         _require(len(self.seeds) >= 1, "seeds", self.seeds, "a non-empty list of integers")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "distinct integers (one run each)")
+        for i, seed in enumerate(self.seeds):
+            _require(0 <= seed < 2**63, f"seeds[{i}]", seed, "an integer in [0, 2^63)")
         self.runtime.check("runtime")
         self.system.check("system")
         fed, system = self.federation, self.system
