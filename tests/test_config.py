@@ -72,3 +72,14 @@ def test_an_override_key_with_stray_brackets_is_refused():
         load_scenario("quickstart", ["algorithms[0]].mu=1"])
     assert e.value.path == "algorithms[0]].mu" and "a dotted key" in e.value.expected
     assert load_scenario("quickstart", ["algorithms[0].mu=0.5"]).algorithms[0].mu == 0.5
+
+
+def test_a_scenario_path_that_is_no_regular_file_is_refused_without_being_opened(tmp_path):
+    import os
+
+    (tmp_path / "folder.yaml").mkdir()
+    os.mkfifo(tmp_path / "pipe.yaml")  # opening it would block forever
+    for name in ("folder.yaml", "pipe.yaml"):
+        with pytest.raises(ConfigError) as e:
+            load_scenario(str(tmp_path / name))
+        assert e.value.path == "scenario" and "a regular YAML file" in e.value.expected

@@ -147,7 +147,7 @@ def apply_override(data: dict, dotted: str, value: Any) -> None:
 def resolve_path(name_or_path: str) -> Path:
     """A YAML path, or the name of a file in `scenarios/`."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and (p.exists() or p.is_symlink()):
         return p
     candidate = SCENARIO_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
@@ -171,14 +171,62 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_FILE_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
+MAX_NODES = 100_000  # YAML nodes after aliases are expanded: a billion-laughs file stops here
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes the YAML tree holds once aliases are expanded, counted without expanding them (the node graph is a
+    DAG; each node's count is taken once)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = MAX_NODES + 1  # a node reached again while counting it: a recursive alias
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        total = 1
+        for child in children:
+            total += _expanded_size(child, memo)
+            if total > MAX_NODES:
+                break
+        memo[key] = total
+    return memo[key]
+
+
+def _read_scenario_text(path: Path) -> str:
+    """The file's text, if it is a readable regular UTF-8 file of at most MAX_FILE_BYTES (a FIFO is never opened)."""
+    if not path.is_file():
+        raise ConfigError("scenario", str(path), "a regular YAML file (this is a directory, a pipe or a device)")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError("scenario", str(path), f"a readable file ({e.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError("scenario", str(path), f"a YAML file of at most {MAX_FILE_BYTES:,} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("scenario", str(path), "a UTF-8 text file (this one is binary)") from None
+
+
 def load_raw(name_or_path: str) -> dict:
     path = resolve_path(name_or_path)
+    text = _read_scenario_text(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+        node = yaml.compose(text, Loader=_StrictLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            expected = f"at most {MAX_NODES:,} values once YAML aliases are expanded"
+            raise ConfigError(str(path), "a YAML tree too large", expected)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(where, "malformed YAML", f"valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise ConfigError(str(path), "YAML nested too deeply", "a scenario of ordinary depth") from None
     if data is None:  # an empty or comment-only file: never run the defaults in its name
         raise ConfigError(str(path), "an empty file", "a scenario: a mapping with task, algorithms, federation, ...")
     if not isinstance(data, dict):
