@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import signal
 import subprocess
@@ -19,7 +21,7 @@ from hosfl_sim.cli import main
 from hosfl_sim.config import ConfigError, load_scenario
 from hosfl_sim.record import read_manifest
 from hosfl_sim.runtime import Engine
-from hosfl_sim.runtime.checkpoint import CheckpointError, load_checkpoint, path_of, save_checkpoint
+from hosfl_sim.runtime.checkpoint import MAGIC, VERSION, CheckpointError, load_checkpoint, path_of, save_checkpoint
 from tests.conftest import tiny_scenario
 
 BAD = Path(__file__).parent / "bad_scenarios"
@@ -199,10 +201,34 @@ def test_checkpoints_load_without_running_code(tmp_path):
         def __reduce__(self):
             return (Path.touch, (tmp_path / "ran",))
 
-    torch.save({"version": 1, "round": 3, "x": Payload()}, path_of(tmp_path))
+    body = io.BytesIO()
+    torch.save({"version": VERSION, "round": 3, "x": Payload()}, body)  # with a valid header and checksum
+    digest = hashlib.sha256(body.getvalue()).hexdigest()
+    path_of(tmp_path).write_bytes(MAGIC + f" {VERSION} {digest}\n".encode() + body.getvalue())
     with pytest.raises(CheckpointError, match="not a safe checkpoint"):
         load_checkpoint(tmp_path)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_damaged_checkpoint_is_refused_in_one_line_and_the_run_is_left_as_it_was(tmp_path, capsys):
+    sc = tiny_scenario(federation={"num_clients": 8, "clients_per_round": 3, "rounds": 6, "eval_every": 2})
+    engine = Engine(load_scenario(sc), progress=False)
+    engine.request_stop()  # stops after round 1, with a checkpoint
+    (summary,) = engine.run_all(tmp_path / "out")
+    assert summary.status == "interrupted" and load_checkpoint(summary.run_dir)["round"] == 1
+    path = path_of(summary.run_dir)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x04  # one flipped bit in a tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged checkpoint"):
+        load_checkpoint(summary.run_dir)
+    assert main(["run", "--resume", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --resume: ") and "damaged checkpoint" in err[0]
+    assert path.read_bytes() == bytes(raw) and read_manifest(summary.run_dir)["status"] == "interrupted"
+    torch.save({"version": 1, "round": 1}, path)  # a file of the previous format, without the checksum
+    with pytest.raises(CheckpointError, match="not a checkpoint of this version"):
+        load_checkpoint(summary.run_dir)
 
 
 # ----------------------------------------------------------------------------- divergence

@@ -14,12 +14,16 @@ Not in it: the client workers. They hold nothing the server cannot rebuild (see 
 resumed run starts fresh workers that replay the log. Nor the system model: profiles and availability
 are pure functions of (scenario, seed, round), rebuilt on resume.
 
-Format: torch.save of nested dicts, lists and tuples of tensors and plain values; numpy arrays travel as
-tensors under a tag. `torch.load(weights_only=True)` reads it, so loading never runs code from the file.
+Format: one header line, `hosfl-checkpoint <version> <sha256 of the rest>`, then torch.save of nested dicts,
+lists and tuples of tensors and plain values (numpy arrays travel as tensors under a tag).
+`torch.load(weights_only=True)` reads it, so loading never runs code from the file, and the checksum is
+checked first, so a damaged file (a flipped bit, a truncation) is refused instead of resuming into other numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -29,7 +33,8 @@ import numpy as np
 import torch
 
 FILE = "checkpoint.pt"
-VERSION = 1
+VERSION = 2  # 2: a checksummed header line
+MAGIC = b"hosfl-checkpoint"
 _ARRAY = "__ndarray__"
 
 
@@ -68,8 +73,16 @@ def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
     """Write atomically: a reader (or a kill) sees the previous checkpoint or this one, never half of one."""
     path = path_of(run_dir)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(encode({**state, "version": VERSION}), tmp)
-    os.replace(tmp, path)
+    payload = io.BytesIO()
+    torch.save(encode({**state, "version": VERSION}), payload)
+    body = payload.getvalue()
+    header = MAGIC + f" {VERSION} {hashlib.sha256(body).hexdigest()}\n".encode()
+    try:
+        with tmp.open("wb") as f:
+            f.write(header + body)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no stray temporary file
     return path
 
 
@@ -79,7 +92,17 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e.strerror})") from None
+    header, _, body = raw.partition(b"\n")
+    fields = header.split(b" ")
+    if len(fields) != 3 or fields[0] != MAGIC or fields[1] != str(VERSION).encode():
+        raise CheckpointError(f"{path}: not a checkpoint of this version ({VERSION})")
+    if hashlib.sha256(body).hexdigest().encode() != fields[2]:
+        raise CheckpointError(f"{path}: damaged checkpoint (its checksum does not match its contents)")
+    try:
+        state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
