@@ -463,3 +463,31 @@ def test_ctrl_c_on_the_ray_backend_leaves_no_ray_process(scenario_file, tmp_path
     _, alive = psutil.wait_procs(ray_processes, timeout=60)
     assert not alive, [p.name() for p in alive]
     assert json.loads((out / FIRST / "manifest.json").read_text())["rounds_completed"] >= 2
+
+
+def test_a_second_process_on_a_run_directory_is_refused_while_the_first_holds_it(tmp_path, capsys):
+    """Two resumes at once: the one that comes second refuses in one line and touches nothing; once the first
+    is gone (however it ended), the directory is free again."""
+    sc = tiny_scenario(federation={"num_clients": 8, "clients_per_round": 3, "rounds": 4, "eval_every": 2})
+    engine = Engine(load_scenario(sc), progress=False)
+    engine.request_stop()
+    (summary,) = engine.run_all(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in summary.run_dir.iterdir() if p.is_file()}
+    holder = subprocess.Popen(  # another process that holds the run's lock, as a running resume would
+        [sys.executable, "-c", "import sys; from hosfl_sim.runtime.lock import RunLock; "
+         f"lock = RunLock({str(summary.run_dir)!r}, 'x').__enter__(); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", "--resume", str(tmp_path / "out"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --resume: got '{summary.run_dir}'")
+        assert f"pid {holder.pid} holds it" in err[0]
+        after = {p.name: p.read_bytes() for p in summary.run_dir.iterdir() if p.is_file() and p.name != ".lock"}
+        assert after == {k: v for k, v in before.items() if k != ".lock"}
+    finally:
+        holder.kill()  # the kill releases the lock: nothing stale is left behind
+        holder.wait()
+    assert main(["run", "--resume", str(tmp_path / "out"), "--quiet"]) == 0
+    assert read_manifest(summary.run_dir)["status"] == "completed"

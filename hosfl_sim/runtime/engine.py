@@ -36,6 +36,7 @@ from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
 from hosfl_sim.record import Recorder, build_manifest, read_manifest
 from hosfl_sim.runtime.checkpoint import CheckpointError, load_checkpoint, remove_checkpoint, save_checkpoint
+from hosfl_sim.runtime.lock import RunLock
 from hosfl_sim.system import FAILED, Availability, RoundClock, build_profiles
 
 log = logging.getLogger(__name__)
@@ -275,11 +276,17 @@ class Engine:
     def run_one(
         self, index: int, seed: int, run_dir: Path, overrides: dict | None = None, resume: bool = False
     ) -> RunSummary:
+        """One (algorithm, seed) into `run_dir`, which no other process may use meanwhile (RunLock)."""
+        algo_cls = get_algorithm(self.scenario.algorithms[index].name, f"algorithms[{index}].name")
+        self._check_policy(index, algo_cls)  # before the directory exists
+        with RunLock(run_dir, "--resume" if resume else "--out"):
+            return self._run_one(index, seed, Path(run_dir), overrides, resume, algo_cls)
+
+    def _run_one(
+        self, index: int, seed: int, run_dir: Path, overrides: dict | None, resume: bool, algo_cls: type
+    ) -> RunSummary:
         sc = self.scenario
         algo_cfg = sc.algorithms[index]
-        algo_cls = get_algorithm(algo_cfg.name, f"algorithms[{index}].name")
-        self._check_policy(index, algo_cls)
-        run_dir = Path(run_dir)
         state = self._resume_state(index, seed, run_dir) if resume else None
         if isinstance(state, RunSummary):
             return state
