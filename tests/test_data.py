@@ -437,3 +437,53 @@ def test_fixed_normalization_uses_its_constants_on_both_splits(tmp_path, mode):
 def test_fixed_normalization_refuses_inputs_that_are_not_rgb_images():
     with pytest.raises(ConfigError, match="task.dataset.normalize: got 'cifar'"):
         load_dataset(DatasetConfig(name="digits", normalize="cifar"))
+
+
+def _bad_npz(path, case: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 8, 8)).astype(np.float32)
+    y = np.arange(40) % 4
+    arrays = {"x_train": x[:30], "y_train": y[:30], "x_test": x[30:], "y_test": y[30:]}
+    if case == "corrupt":
+        path.write_bytes(b"PK\x03\x04 this is no zip archive")
+        return
+    if case == "rank":
+        arrays["x_train"] = np.zeros(30, np.float32)
+    elif case == "lengths":
+        arrays["y_train"] = y[:29]
+    elif case == "labels_2d":
+        arrays["y_train"] = np.stack([y[:30], y[:30]], axis=1)
+    elif case == "shapes":
+        arrays["x_test"] = rng.random((10, 6, 6)).astype(np.float32)
+    elif case == "nan":
+        arrays["x_train"][3, 2, 2] = np.nan
+    elif case == "empty":
+        arrays["x_train"], arrays["y_train"] = x[:0], y[:0]
+    elif case == "objects":
+        arrays["x_train"] = np.array([{"a": 1}] * 30, dtype=object)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("corrupt", "that numpy reads (BadZipFile)"),
+        ("rank", "x_train of numbers with 2 to 4 axes"),
+        ("lengths", "as many y_train labels as x_train rows (29 vs 30)"),
+        ("labels_2d", "y_train with one label per row"),
+        ("shapes", "train and test rows of one shape"),
+        ("nan", "finite x_train values"),
+        ("empty", "at least one training row"),
+        ("objects", "that numpy reads (ValueError)"),
+    ],
+)
+def test_a_bad_npz_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, case, fragment):
+    from hosfl_sim.cli import main
+
+    _bad_npz(tmp_path / "d.npz", case)
+    out = tmp_path / "out"
+    args = ["run", "quickstart", "task.dataset.name=npz", f"task.dataset.path={tmp_path / 'd.npz'}"]
+    assert main([*args, "runtime.backend=local", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: task.dataset.path: got ") and fragment in err[0], err
+    assert not out.exists()

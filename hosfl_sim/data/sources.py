@@ -15,6 +15,7 @@ sources they register at import time are known without anyone importing them by 
 from __future__ import annotations
 
 import importlib
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,12 +215,37 @@ def _npz(cfg: DatasetConfig, **_) -> DataSplit:
     path = _require_path(cfg, expected)
     if not path.is_file():
         raise ConfigError("task.dataset.path", cfg.path, expected)
-    with np.load(path, allow_pickle=False) as arrays:
-        missing = [k for k in NPZ_KEYS if k not in arrays.files]
-        if missing:
-            raise ConfigError("task.dataset.path", cfg.path, f"{expected} (missing: {', '.join(missing)})")
-        x_train, y_train, x_test, y_test = (arrays[k] for k in NPZ_KEYS)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in NPZ_KEYS if k not in arrays.files]
+            if missing:
+                raise ConfigError("task.dataset.path", cfg.path, f"{expected} (missing: {', '.join(missing)})")
+            x_train, y_train, x_test, y_test = (arrays[k] for k in NPZ_KEYS)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # unreadable, corrupt, pickled objects
+        raise ConfigError("task.dataset.path", cfg.path, f"{expected} that numpy reads ({type(e).__name__})") from None
+    check_arrays(cfg.path, x_train, y_train, x_test, y_test)
     return finish(f"npz:{path.stem}", cfg, x_train, y_train, x_test, y_test)
+
+
+def check_arrays(
+    path: str | None, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> None:
+    """What the arrays of a dataset file must be, each failure one line naming the array: rows of features (flat,
+    or images (N, H, W[, C]) or (N, C, H, W)) with one label each, train and test alike, finite numbers."""
+    field = "task.dataset.path"
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.dtype.kind not in "biuf" or not 2 <= x.ndim <= 4:
+            raise ConfigError(field, path, f"x_{name} of numbers with 2 to 4 axes (it is {x.dtype}, shape {x.shape})")
+        if y.ndim != 1:
+            raise ConfigError(field, path, f"y_{name} with one label per row, a 1-D array (its shape is {y.shape})")
+        if len(y) != len(x):
+            raise ConfigError(field, path, f"as many y_{name} labels as x_{name} rows ({len(y)} vs {len(x)})")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ConfigError(field, path, f"finite x_{name} values (it holds NaN or Inf)")
+    if len(x_train) == 0:
+        raise ConfigError(field, path, "at least one training row (x_train is empty)")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(field, path, f"train and test rows of one shape ({x_train.shape[1:]} vs {x_test.shape[1:]})")
 
 
 def from_tables(
