@@ -221,6 +221,8 @@ def _npz(cfg: DatasetConfig, **_) -> DataSplit:
             if missing:
                 raise ConfigError("task.dataset.path", cfg.path, f"{expected} (missing: {', '.join(missing)})")
             x_train, y_train, x_test, y_test = (arrays[k] for k in NPZ_KEYS)
+    except ConfigError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # unreadable, corrupt, pickled objects
         raise ConfigError("task.dataset.path", cfg.path, f"{expected} that numpy reads ({type(e).__name__})") from None
     check_arrays(cfg.path, x_train, y_train, x_test, y_test)
