@@ -491,3 +491,30 @@ def test_a_second_process_on_a_run_directory_is_refused_while_the_first_holds_it
         holder.wait()
     assert main(["run", "--resume", str(tmp_path / "out"), "--quiet"]) == 0
     assert read_manifest(summary.run_dir)["status"] == "completed"
+
+
+def test_an_address_that_does_not_answer_is_refused_at_once(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    args = ["run", "quickstart", f"runtime.address=127.0.0.1:{port}", "federation.rounds=1", "--out", str(out)]
+    started = time.perf_counter()
+    assert main(args) == 2
+    assert time.perf_counter() - started < 60  # Ray itself would retry for minutes, ignoring SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: runtime.address: got '127.0.0.1:{port}'"), err
+    assert not out.exists()
+
+
+def test_a_pool_the_cluster_cannot_hold_is_refused_with_the_numbers(tmp_path, capsys, ray_session):
+    cpus = ray_session.cluster_resources()["CPU"]
+    out = tmp_path / "out"
+    args = ["run", "quickstart", "runtime.num_workers=2", f"runtime.worker_num_cpus={cpus}", "federation.rounds=1"]
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: runtime.worker_num_cpus: got {cpus}")
+    assert f"the cluster's {cpus:g} CPUs (the run asks for {2 * cpus + 1:g}" in err[0]
+    assert not out.exists()

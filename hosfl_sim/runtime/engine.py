@@ -36,6 +36,7 @@ from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
 from hosfl_sim.record import Recorder, build_manifest, read_manifest
 from hosfl_sim.runtime.checkpoint import CheckpointError, load_checkpoint, remove_checkpoint, save_checkpoint
+from hosfl_sim.runtime.cluster import check_address
 from hosfl_sim.runtime.lock import RunLock
 from hosfl_sim.system import FAILED, Availability, RoundClock, build_profiles
 
@@ -198,7 +199,8 @@ class Engine:
         """Raise ConfigError for anything wrong that can be found without running: runtime combinations,
         algorithm names and the policies they support, the dataset and its files, the partition of every
         seed, the model and its cut (built once), weights and trace files, and a deadline some client can
-        meet. Run directories are made only after this passes."""
+        meet; on Ray, an address that answers and a cluster that holds the actors (which this then starts).
+        Run directories are made only after this passes."""
         sc, rt = self.scenario, self.scenario.runtime
         if rt.backend == "local":
             for name in ("worker_num_gpus", "server_num_gpus"):
@@ -214,6 +216,9 @@ class Engine:
             Availability(sc.system.availability, sc.federation.num_clients, spec.seed)
             if sc.system.policy == "deadline":
                 self._check_deadline(split, spec, profiles)
+        if rt.backend == "ray" and self._backend is None:  # last: it starts or joins Ray
+            check_address(rt.address)  # Ray would retry an address that does not answer forever
+            _ = self.backend  # the actors, which the Ray backend first checks the cluster can hold
 
     def _check_policy(self, index: int, algo_cls: type) -> None:
         """The scenario asks nothing of the algorithm that it does not do: round policies, local epochs."""

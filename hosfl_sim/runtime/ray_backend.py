@@ -33,8 +33,9 @@ from typing import Any
 import ray
 
 from hosfl_sim.algorithms import Algorithm, TaskSpec
-from hosfl_sim.config import RuntimeConfig
+from hosfl_sim.config import ConfigError, RuntimeConfig
 from hosfl_sim.runtime.allocator import keep_freed_memory
+from hosfl_sim.runtime.cluster import check_resources
 from hosfl_sim.runtime.engine import ServerLost, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,12 @@ class RayBackend:
 
     def __init__(self, cfg: RuntimeConfig):
         self.started_ray = init_ray(cfg)
+        try:
+            check_resources(cfg, dict(ray.cluster_resources()))  # Ray would wait for missing ones without a word
+        except ConfigError:
+            if self.started_ray:
+                ray.shutdown()
+            raise
         self.num_workers = cfg.num_workers
         self.torch_threads = cfg.torch_threads
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
