@@ -354,3 +354,15 @@ def test_fsl_sage_persistent_keeps_its_aux_states_through_a_checkpoint_and_a_rol
                 assert torch.equal(other.aux_states[cid][key], state[key])
             for name, t in state["model"].items():
                 assert torch.equal(other.aux_states[cid]["model"][name], t), name
+
+
+def test_fsl_sage_persistent_refuses_a_task_without_image_activations_before_anything_is_written(tmp_path):
+    from hosfl_sim.config import ConfigError
+
+    text = {"name": "sentiment_synthetic", "max_train": 64, "max_test": 16, "max_length": 8}
+    data = tiny_scenario(  # a transformer's activations are (B, T, H): no ResNet stage reads them
+        task={"dataset": text, "model": {"name": "minilm", "cut": 3}},
+        algorithms=[{"name": "fsl_sage_persistent"}],
+    )
+    with pytest.raises(ConfigError, match=r"algorithms\[0\]\.name: got 'fsl_sage_persistent', expected a vision task"):
+        Engine(load_scenario(data), progress=False).validate()

@@ -160,3 +160,18 @@ def test_a_run_larger_than_the_instance_is_refused(tmp_path, ray_session):
     with pytest.raises(ConfigError, match="cpus_per_run"):  # Ray would otherwise wait for it forever
         run_sweep(sweep, tmp_path / "sweep", log=lambda _: None)
     assert not (tmp_path / "sweep").exists()  # refused before anything was written
+
+
+def test_a_sweep_file_gets_the_scenario_files_checks(tmp_path):
+    """Duplicate keys, a binary file or an alias bomb in a sweep file: one line naming the file."""
+    from hosfl_sim.runtime.sweep import load_sweep_spec
+
+    (tmp_path / "dup.yaml").write_text("base: quickstart\nbase: noniid\n")
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\nbase: quickstart\noverrides: {x: *a8}\n")
+    for name, fragment in (("dup", "duplicate key 'base'"), ("bin", "a UTF-8 text file"), ("bomb", "at most 100,000")):
+        with pytest.raises(ConfigError) as e:
+            load_sweep_spec(tmp_path / f"{name}.yaml")
+        assert fragment in str(e.value) and "\n" not in str(e.value)

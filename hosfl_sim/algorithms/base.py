@@ -496,6 +496,11 @@ class Algorithm(ABC):
         end, so an error in one is raised even after the run's last round."""
         return []
 
+    @classmethod  # noqa: B027  (a no-op: most algorithms run any task)
+    def check_task(cls, spec: TaskSpec, split: SplitModel, index: int) -> None:
+        """Raise ConfigError (naming `algorithms[index]`) for a task this algorithm cannot run; called by the
+        engine's validation, before anything is written. Most algorithms run any task."""
+
     def steps_of(self, client_id: int) -> int:
         """Mini-batches the client processes this round (see `local_steps_for`)."""
         return local_steps_for(self.cfg, self.client_sizes[client_id], self.federation.batch_size)

@@ -46,6 +46,8 @@ from hosfl_sim.algorithms.base import (
 from hosfl_sim.algorithms.fsl_sage import estimated_grad
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
 from hosfl_sim.comm import Ledger
+from hosfl_sim.config import ConfigError
+from hosfl_sim.models import SplitModel
 from hosfl_sim.models.resnet import BasicBlock
 
 AUX_TAG, ALIGN_TAG = 19, 23  # mixed with the run seed: the aux models' initial weights, the alignment shuffles
@@ -239,6 +241,14 @@ class FSLSAGEPersistent(Algorithm):
     client_role = FSLSAGEPersistentClient
     server_role = FSLSAGEPersistentServer
     supports_epochs = True
+
+    @classmethod
+    def check_task(cls, spec: TaskSpec, split: SplitModel, index: int) -> None:
+        """The aux model is a ResNet stage: the cut must give image activations (B, C, H, W)."""
+        try:
+            cut_channels(spec, split.client, split.input_keys)
+        except ValueError as e:
+            raise ConfigError(f"algorithms[{index}].name", cls.name, f"a vision task ({e})") from None
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
         clock = ledger.clock

@@ -212,8 +212,9 @@ def _read_scenario_text(path: Path) -> str:
         raise ConfigError("scenario", str(path), "a UTF-8 text file (this one is binary)") from None
 
 
-def load_raw(name_or_path: str) -> dict:
-    path = resolve_path(name_or_path)
+def load_yaml_file(path: Path) -> Any:
+    """A scenario or sweep file's YAML, with every check that keeps a bad file to one line: a regular readable
+    UTF-8 file of bounded size, valid YAML without duplicate keys, bounded depth and alias expansion."""
     text = _read_scenario_text(path)
     try:
         node = yaml.compose(text, Loader=_StrictLoader)
@@ -226,7 +227,13 @@ def load_raw(name_or_path: str) -> dict:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(where, "malformed YAML", f"valid YAML ({getattr(e, 'problem', e)})") from None
     except RecursionError:
-        raise ConfigError(str(path), "YAML nested too deeply", "a scenario of ordinary depth") from None
+        raise ConfigError(str(path), "YAML nested too deeply", "a file of ordinary depth") from None
+    return data
+
+
+def load_raw(name_or_path: str) -> dict:
+    path = resolve_path(name_or_path)
+    data = load_yaml_file(path)
     if data is None:  # an empty or comment-only file: never run the defaults in its name
         raise ConfigError(str(path), "an empty file", "a scenario: a mapping with task, algorithms, federation, ...")
     if not isinstance(data, dict):

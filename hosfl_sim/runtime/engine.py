@@ -211,6 +211,8 @@ class Engine:
             self._check_policy(i, get_algorithm(algo.name, f"algorithms[{i}].name"))
         specs = [self.spec(0, seed) for seed in sc.seeds]  # data, files, every seed's partition
         split = specs[0].build_model()  # names, cut, weights, heads
+        for i, algo in enumerate(sc.algorithms):
+            get_algorithm(algo.name).check_task(specs[0], split, i)
         for spec in specs:
             profiles = build_profiles(sc.system, sc.federation.num_clients, spec.seed)  # trace files
             Availability(sc.system.availability, sc.federation.num_clients, spec.seed)

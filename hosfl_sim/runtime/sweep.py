@@ -47,10 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from hosfl_sim.config import ConfigError, Scenario, load_scenario, to_dict
-from hosfl_sim.config.load import SCENARIO_DIR, apply_override, load_raw, resolve_path
+from hosfl_sim.config.load import SCENARIO_DIR, apply_override, load_raw, load_yaml_file, resolve_path
 from hosfl_sim.config.schema import directory_name
 
 INDEX = "sweep_index.parquet"
@@ -131,7 +130,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in (SCENARIO_DIR / "sweeps").glob("*.yaml")))
         raise ConfigError("sweep", str(path), f"a sweep YAML file or one of: {known}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), data, "a mapping at the top level")
     for key in data:
