@@ -149,7 +149,6 @@ class FSLSAGEPersistentClient(SFLClient):
         return uploads, meta
 
     def upload(self, client_id: int) -> dict[str, dict[str, np.ndarray]]:
-        self.local[client_id][0].eval()
         aux = self.aux.pop(client_id)
         return {"client": super().upload(client_id), "aux": wire_state(aux)}
 
@@ -178,13 +177,11 @@ class FSLSAGEPersistentServer(SFLServer):
         aux = initial_aux(self.spec, self.channels, client_id)
         opt = torch.optim.Adam(aux.parameters(), lr=cfg.aux_lr)
         state = self.aux_states.get(client_id)
-        if state is None:
-            empty = torch.empty(0)
-            state = {"opt": None, "a": empty, "y": empty.long()}
-        else:
+        a, y = torch.empty(0, device=self.device), torch.empty(0, dtype=torch.long, device=self.device)
+        if state is not None:  # not its first round: its aux, its Adam state, its buffer
             aux.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
-        a, y = state["a"].to(self.device), state["y"].to(self.device)
+            a, y = state["a"].to(self.device), state["y"].to(self.device)
         aux.train()
         if len(y):
             target = self.cut_gradients(a, y)  # (N, C, H, W)

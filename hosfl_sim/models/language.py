@@ -17,6 +17,7 @@ Importing this module registers `build_language_model` with the split registry, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,20 +120,10 @@ FAMILIES: dict[str, Family] = {
         rotary="rotary_emb",
         lora_targets=("q_proj", "v_proj"),
     ),
-    # Gemma 3 (text): sliding-window and full-attention layers, each type with its own mask and rotary base;
-    # its embedding module scales by sqrt(hidden) itself.
-    "gemma3_text": Family(
-        causal=True,
-        stem="",
-        embeddings=("embed_tokens",),
-        embed=_embed_tokens,
-        layers="layers",
-        final=("norm",),
-        rotary="rotary_emb",
-        lora_targets=("q_proj", "v_proj"),
-        layer_types=True,
-    ),
 }
+# Gemma 3 (text) is laid out as LLaMA, with sliding-window and full-attention layers, each type with its own mask
+# and rotary base; its embedding module scales by sqrt(hidden) itself.
+FAMILIES["gemma3_text"] = dataclasses.replace(FAMILIES["llama"], layer_types=True)
 
 
 def _get(module: nn.Module, path: str):

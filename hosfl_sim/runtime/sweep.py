@@ -69,6 +69,7 @@ _FINAL_COLUMNS = (
     "sim_time_s",
 )
 _FINAL_COLUMNS += ("wall_time_s",)
+_EVALUATED = ("test_acc", "best_test_acc", "test_loss")  # taken from the last evaluated round, the rest the last
 _RUN_COLUMNS = ("path", "status", "algorithm", "seed", "config_sha256", "host", "error")
 _NOT_HASHED = ("name", "description", "output_dir", "runtime", "seeds", "algorithms")  # no effect on numbers
 
@@ -184,15 +185,11 @@ def _depth(key: str) -> int:
     return len(key.replace("[", ".").split("."))
 
 
-def _slug(text: str) -> str:
-    return directory_name(text)
-
-
 def _short_names(keys: list[str]) -> dict[str, str]:
     """`task.partition.alpha` -> `alpha`, unless two varied keys end alike."""
     last = {k: k.replace("]", "").replace("[", ".").rsplit(".", 1)[-1] for k in keys}
     taken = list(last.values())
-    return {k: (s if taken.count(s) == 1 else _slug(k)) for k, s in last.items()}
+    return {k: (s if taken.count(s) == 1 else directory_name(k)) for k, s in last.items()}
 
 
 def run_hash(scenario: dict, index: int, seed: int) -> str:
@@ -235,7 +232,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 if sha in seen:  # the same run reached through two grids
                     continue
                 seen.add(sha)
-                path = f"{_slug(folder)}/{_slug(algo.display_name)}_seed{seed}"
+                path = f"{directory_name(folder)}/{directory_name(algo.display_name)}_seed{seed}"
                 cpus = spec.cpus_per_run or scenario.runtime.torch_threads
                 runs.append(PlannedRun(path, scenario, i, seed, overrides, sha, float(cpus)))
     paths = [r.path for r in runs]
@@ -296,10 +293,10 @@ def _final_metrics(run_dir: Path) -> dict[str, Any]:
         return {}
     last = r.iloc[-1]
     out: dict[str, Any] = {"rounds": int(last["round"])}
-    for col in ("test_acc", "best_test_acc", "test_loss"):
+    for col in _EVALUATED:
         if col in r and r[col].notna().any():
             out[col] = float(r[col].dropna().iloc[-1])
-    for col in _FINAL_COLUMNS[4:]:
+    for col in (c for c in _FINAL_COLUMNS if c != "rounds" and c not in _EVALUATED):
         if col in r and pd.notna(last[col]):
             out[col] = last[col].item() if hasattr(last[col], "item") else last[col]
     return out
