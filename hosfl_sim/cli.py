@@ -74,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(scenario.output_dir) / scenario.name / stamp
         if (out / "manifest.json").exists() or any(out.glob("*/manifest.json")):
             raise ConfigError("--out", str(out), f"a directory without runs (continue them: --resume {out})")
-    from hosfl_sim.runtime.engine import Engine, ServerLost  # imported late: `list` must stay instant
+    from hosfl_sim.runtime.engine import Engine  # imported late: `list` must stay instant
+    from hosfl_sim.runtime.errors import ServerLost
 
     engine = Engine(scenario, progress=not args.quiet)
     engine.validate()  # everything checkable, before any directory is made
@@ -158,7 +159,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     import torch
 
     from hosfl_sim.memory import MemoryMeter
-    from hosfl_sim.memory.modes import format_modes, measure_modes, plot_modes, scenario_spec
+    from hosfl_sim.memory_modes import format_modes, measure_modes, plot_modes, scenario_spec
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)

@@ -12,7 +12,7 @@ from torch import nn
 from hosfl_sim.cli import main
 from hosfl_sim.config import ModelConfig, load_scenario
 from hosfl_sim.memory import MemoryMeter, chain, optimizer_state_bytes, static_bytes
-from hosfl_sim.memory.modes import (
+from hosfl_sim.memory_modes import (
     cut_gradient,
     first_order_mode,
     hosfl_mode,

@@ -416,7 +416,7 @@ def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ra
     depend on it) it gives the uninterrupted metrics."""
     import ray
 
-    from hosfl_sim.runtime.engine import ServerLost
+    from hosfl_sim.runtime.errors import ServerLost
     from hosfl_sim.runtime.ray_backend import RayBackend
 
     class KillServer(RayBackend):

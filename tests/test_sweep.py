@@ -12,6 +12,7 @@ import yaml
 
 from hosfl_sim.cli import main
 from hosfl_sim.config import ConfigError, to_dict
+from hosfl_sim.config.identity import run_hash
 from hosfl_sim.plots import find_runs, load_runs, plan_figures
 from hosfl_sim.runtime.sweep import (
     INDEX,
@@ -19,7 +20,6 @@ from hosfl_sim.runtime.sweep import (
     load_sweep,
     load_sweep_spec,
     plan_sweep,
-    run_hash,
     run_sweep,
 )
 from tests.conftest import tiny_scenario

@@ -1,5 +1,5 @@
-"""Client memory: measured peaks (`MemoryMeter`), exact static bytes (`static_bytes`), and the
-paper's four modes side by side (`hosfl_sim.memory.modes`, imported on demand: it builds models)."""
+"""Client memory: measured peaks (`MemoryMeter`) and exact static bytes (`static_bytes`). The paper's four
+modes side by side use these from above the library (`hosfl_sim.memory_modes`: it builds models and runs roles)."""
 
 from hosfl_sim.memory.meter import Measurement, MemoryMeter, chain, slowdown
 from hosfl_sim.memory.static import optimizer_state_bytes, static_bytes, tensor_bytes

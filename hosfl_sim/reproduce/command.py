@@ -50,7 +50,7 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
     if args.table == "memory":
         import torch
 
-        from hosfl_sim.memory.modes import format_modes, plot_modes
+        from hosfl_sim.memory_modes import format_modes, plot_modes
 
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device", args.device, "cpu (no CUDA device is visible here)")

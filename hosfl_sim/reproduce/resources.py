@@ -28,10 +28,10 @@ def cell_scenario(base: str, cell: Cell, data_dir: str | Path | None, overrides:
 def memory_table(
     model: str | None, data_dir: str | Path | None, overrides: dict[str, Any], device: str = "cpu"
 ) -> pd.DataFrame:
-    """The four memory modes (memory.modes) of every model of the paper's tables, one block of rows per model,
+    """The four memory modes (hosfl_sim.memory_modes) of every model of the paper's tables, one block of rows per model,
     each on its first cell's data, at the paper's batch size and cut."""
     from hosfl_sim.memory import MemoryMeter
-    from hosfl_sim.memory.modes import measure_modes, scenario_spec
+    from hosfl_sim.memory_modes import measure_modes, scenario_spec
 
     frames = []
     meter = MemoryMeter(device)

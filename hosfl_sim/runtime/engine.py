@@ -31,12 +31,14 @@ from hosfl_sim.algorithms import ALGORITHMS, TaskSpec, get_algorithm
 from hosfl_sim.algorithms.base import RoundResult, count_flops, to_tensors
 from hosfl_sim.comm import Ledger
 from hosfl_sim.config import ConfigError, Scenario, to_dict
+from hosfl_sim.config.identity import run_hash
 from hosfl_sim.config.schema import directory_name
 from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
 from hosfl_sim.record import Recorder, build_manifest, read_manifest
 from hosfl_sim.runtime.checkpoint import CheckpointError, load_checkpoint, remove_checkpoint, save_checkpoint
 from hosfl_sim.runtime.cluster import check_address
+from hosfl_sim.runtime.errors import ServerLost, WorkerLost
 from hosfl_sim.runtime.lock import RunLock
 from hosfl_sim.system import FAILED, Availability, RoundClock, build_profiles
 
@@ -44,19 +46,6 @@ log = logging.getLogger(__name__)
 
 ENDED = ("completed", "diverged")  # a run that ended on its own: a resume keeps it
 MAX_ATTEMPTS = 3  # runs of one round that lose workers before the run gives up
-
-
-class WorkerLost(RuntimeError):
-    """Client workers died; `workers` are their indices. Raised by a backend's `get`, after every call of
-    the round has settled, so the server is idle."""
-
-    def __init__(self, workers: list[int]):
-        self.workers = list(workers)
-        super().__init__(f"client worker(s) {self.workers} died")
-
-
-class ServerLost(RuntimeError):
-    """The server died: its state is gone, the run cannot go on."""
 
 
 @dataclass
@@ -144,13 +133,6 @@ def make_backend(scenario: Scenario):
 
 def run_label(scenario: Scenario, index: int, seed: int) -> str:
     return f"{directory_name(scenario.algorithms[index].display_name)}_seed{seed}"
-
-
-def run_hash(scenario: dict, index: int, seed: int) -> str:
-    """What decides a run's numbers (see runtime.sweep.run_hash): a resume must match it."""
-    from hosfl_sim.runtime.sweep import run_hash as _hash
-
-    return _hash(scenario, index, seed)
 
 
 _NONE_PENDING = object()  # no end_round call is pending

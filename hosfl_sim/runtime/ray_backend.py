@@ -36,7 +36,7 @@ from hosfl_sim.algorithms import Algorithm, TaskSpec
 from hosfl_sim.config import ConfigError, RuntimeConfig
 from hosfl_sim.runtime.allocator import keep_freed_memory
 from hosfl_sim.runtime.cluster import check_resources
-from hosfl_sim.runtime.engine import ServerLost, WorkerLost
+from hosfl_sim.runtime.errors import ServerLost, WorkerLost
 
 log = logging.getLogger(__name__)
 

@@ -49,6 +49,7 @@ from typing import Any
 import pandas as pd
 
 from hosfl_sim.config import ConfigError, Scenario, load_scenario, to_dict
+from hosfl_sim.config.identity import run_hash
 from hosfl_sim.config.load import SCENARIO_DIR, apply_override, load_raw, load_yaml_file, resolve_path
 from hosfl_sim.config.schema import directory_name
 
@@ -71,7 +72,6 @@ _FINAL_COLUMNS = (
 _FINAL_COLUMNS += ("wall_time_s",)
 _EVALUATED = ("test_acc", "best_test_acc", "test_loss")  # taken from the last evaluated round, the rest the last
 _RUN_COLUMNS = ("path", "status", "algorithm", "seed", "config_sha256", "host", "error")
-_NOT_HASHED = ("name", "description", "output_dir", "runtime", "seeds", "algorithms")  # no effect on numbers
 
 
 @dataclass(frozen=True)
@@ -190,14 +190,6 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     last = {k: k.replace("]", "").replace("[", ".").rsplit(".", 1)[-1] for k in keys}
     taken = list(last.values())
     return {k: (s if taken.count(s) == 1 else directory_name(k)) for k, s in last.items()}
-
-
-def run_hash(scenario: dict, index: int, seed: int) -> str:
-    """sha256 of what decides a run's numbers: the resolved scenario (minus runtime and names),
-    the algorithm at `index` and the seed. Computable again from a run's manifest."""
-    kept = {k: v for k, v in scenario.items() if k not in _NOT_HASHED}
-    text = json.dumps({**kept, "algorithm": scenario["algorithms"][index], "seed": seed}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
