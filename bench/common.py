@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hosfl_sim.algorithms.base import TaskSpec
+from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.config import AlgorithmConfig, FederationConfig, ModelConfig
 from hosfl_sim.data import ArrayDataset
 from hosfl_sim.data.partition import IidPartitioner

@@ -20,11 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 from hosfl_sim.algorithms import ALGORITHMS
-from hosfl_sim.algorithms.base import Backend, ClientRecord, tensor
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import ClientRecord
 from hosfl_sim.algorithms.hosfl import HOSFL, HOSFLServer
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.routing import keep_all
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.task import tensor
+from hosfl_sim.comm.channel import Channel
 
 
 class FlatServer(HOSFLServer):
@@ -47,16 +49,18 @@ class ReferenceHOSFL(HOSFL):
 
     def send_anchors(self, rnd: int, step: int, active: list[int], worker: dict, backend: Backend) -> dict:
         return {
-            c: backend.client(worker[c], "anchor", self.log.for_worker(worker[c]), c, rnd, step, num_returns=2)
+            c: backend.client(
+                worker[c], self.client_role.anchor, self.log.for_worker(worker[c]), c, rnd, step, num_returns=2
+            )
             for c in active
         }
 
     def charge_anchors(
-        self, active: list[int], anchors: dict, worker: dict, records: dict, backend: Backend, ledger: Ledger
+        self, active: list[int], anchors: dict, worker: dict, records: dict, backend: Backend, channel: Channel
     ) -> dict:
         metas = dict(zip(active, backend.get([anchors[c][1] for c in active])))
-        self.charge_uploads(active, metas, records, ledger)
-        keep_all(active, self.barrier(ledger.clock, active, backend, worker))
+        self.charge_uploads(active, metas, records, channel)
+        keep_all(active, self.barrier(channel.clock, active, backend, worker))
         return metas
 
     def finish_step(
@@ -70,15 +74,16 @@ class ReferenceHOSFL(HOSFL):
         records: dict,
         losses: list,
         backend: Backend,
-        ledger: Ledger,
+        channel: Channel,
     ) -> None:
         """From the server's step to the log."""
-        self.charge_server_step(active, metas, backend.get(server_meta), records, losses, ledger)
-        probe_metas = dict(zip(active, backend.get([probes[c][1] for c in active])))
-        self.charge_probes(active, metas, probe_metas, records, ledger)
-        keep_all(active, self.barrier(ledger.clock, active, backend, worker))
-        v_bar = backend.get(backend.server("aggregate_flat", seeds, *[probes[c][0] for c in active]))
-        self.broadcast(seeds, v_bar, active, ledger)
+        self.charge_server_step(active, metas, backend.get(server_meta), records, losses, channel)
+        probed = dict(zip(active, backend.get([probes[c] for c in active])))
+        scalars = {c: v for c, (v, _) in probed.items()}
+        self.charge_probes(active, metas, {c: m for c, (_, m) in probed.items()}, scalars, records, channel)
+        keep_all(active, self.barrier(channel.clock, active, backend, worker))
+        v_bar = backend.get(backend.server(self.server_role.aggregate_flat, seeds, *[probes[c][0] for c in active]))
+        self.broadcast(seeds, v_bar, active, channel)
 
 
 class PerClientHOSFL(ReferenceHOSFL):
@@ -95,14 +100,19 @@ class PerClientHOSFL(ReferenceHOSFL):
         records: dict[int, ClientRecord],
         losses: list[float],
         backend: Backend,
-        ledger: Ledger,
+        channel: Channel,
     ) -> list[int]:
-        seeds, active = self.open_step(rnd, step, active, ledger)
+        seeds, active = self.open_step(rnd, step, active, channel)
         anchors = self.send_anchors(rnd, step, active, worker, backend)
-        metas = self.charge_anchors(active, anchors, worker, records, backend, ledger)
-        out = backend.server("train_step_flat", *[anchors[c][0] for c in active], num_returns=len(active) + 1)
-        probes = {c: backend.client(worker[c], "probe", c, seeds, g, num_returns=2) for c, g in zip(active, out)}
-        self.finish_step(seeds, active, metas, out[-1], probes, worker, records, losses, backend, ledger)
+        metas = self.charge_anchors(active, anchors, worker, records, backend, channel)
+        out = backend.server(
+            self.server_role.train_step_flat, *[anchors[c][0] for c in active], num_returns=len(active) + 1
+        )
+        probes = {
+            c: backend.client(worker[c], self.client_role.probe, c, seeds, g, num_returns=2)
+            for c, g in zip(active, out)
+        }
+        self.finish_step(seeds, active, metas, out[-1], probes, worker, records, losses, backend, channel)
         return active
 
 
@@ -147,15 +157,19 @@ class PipelinedHOSFL(ReferenceHOSFL):
         records: dict[int, ClientRecord],
         losses: list[float],
         backend: Backend,
-        ledger: Ledger,
+        channel: Channel,
     ) -> list[int]:
-        seeds, active = self.open_step(rnd, step, active, ledger)
+        seeds, active = self.open_step(rnd, step, active, channel)
         anchors = self.send_anchors(rnd, step, active, worker, backend)
-        grads = {c: backend.server("cut_grad", anchors[c][0]) for c in active}  # each as its activation lands
-        probes = {c: backend.client(worker[c], "probe", c, seeds, grads[c], num_returns=2) for c in active}
-        done = backend.server("step")
-        metas = self.charge_anchors(active, anchors, worker, records, backend, ledger)
-        self.finish_step(seeds, active, metas, done, probes, worker, records, losses, backend, ledger)
+        grads = {
+            c: backend.server(self.server_role.cut_grad, anchors[c][0]) for c in active
+        }  # each as its activation lands
+        probes = {
+            c: backend.client(worker[c], self.client_role.probe, c, seeds, grads[c], num_returns=2) for c in active
+        }
+        done = backend.server(self.server_role.step)
+        metas = self.charge_anchors(active, anchors, worker, records, backend, channel)
+        self.finish_step(seeds, active, metas, done, probes, worker, records, losses, backend, channel)
         return active
 
 

@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from hosfl_sim.algorithms.base import TaskSpec, sample_batch, to_tensors
 from hosfl_sim.algorithms.centralized import CentralizedServer
 from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors
 from hosfl_sim.config import AlgorithmConfig, Scenario
 from hosfl_sim.memory.meter import MemoryMeter, slowdown
 from hosfl_sim.memory.static import static_bytes

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from hosfl_sim.algorithms.base import count_flops
 from hosfl_sim.algorithms.fedavg import FedAvgClient, FedAvgServer
+from hosfl_sim.algorithms.task import count_flops
 from hosfl_sim.config import load_scenario
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.runtime import Engine

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from hosfl_sim.algorithms.fedavg import FedAvgServer
-from hosfl_sim.comm.ledger import CATEGORIES
+from hosfl_sim.comm.ledger import CATEGORIES, Ledger
 from hosfl_sim.config import load_scenario
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.runtime import Engine
@@ -84,7 +84,7 @@ def test_fedavg_weights_by_partition_size(tmp_path):
     engine = Engine(load_scenario(scenario([{"name": "fedavg"}], 1)), progress=False)
     server = FedAvgServer(engine.spec(0, 0))
     state, size = server.global_state()
-    assert size == sum(v.nbytes for v in state.values())
+    assert Ledger.price(size) == sum(v.nbytes for v in state.values())
     ones = {k: np.ones_like(v) for k, v in state.items()}
     fives = {k: np.full_like(v, 5.0) for k, v in state.items()}
     server.fedavg(np.array([30, 10]), ones, fives)  # (30 * 1 + 10 * 5) / 40 = 2

@@ -10,13 +10,15 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from hosfl_sim.algorithms import ALGORITHMS
-from hosfl_sim.algorithms.base import sample_batch
 from hosfl_sim.algorithms.fsl_sage import FSLSAGE, aux_flops, estimated_grad
 from hosfl_sim.algorithms.mu_splitfed import MUSplitFed
 from hosfl_sim.algorithms.sfl import average_into
+from hosfl_sim.algorithms.task import sample_batch
 from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
 from hosfl_sim.config import load_scenario
 from hosfl_sim.runtime import Engine
+from hosfl_sim.system.clock import sync_clock
 from hosfl_sim.zo import directions
 from tests.conftest import tiny_scenario
 
@@ -141,12 +143,16 @@ def test_fsl_sage_server_steps_only_at_alignment_while_clients_train_from_the_au
     n_server = len(list(backend.server_role.server.parameters()))
     before = snapshot()
     ledger.start_round(1)
-    algo.run_round(1, clients, backend, ledger)  # t = 0: alignment
+    algo.run_round(
+        1, clients, backend, Channel(ledger, sync_clock(clients, sc.federation.num_clients))
+    )  # t = 0: alignment
     after_aligned = snapshot()
     assert not same(before[:n_server], after_aligned[:n_server])
     assert ledger.totals["grad_down"] == 2 * B * ACT * 4
     ledger.start_round(2)
-    algo.run_round(2, clients, backend, ledger)  # t = 1: the aux head's gradient only
+    algo.run_round(
+        2, clients, backend, Channel(ledger, sync_clock(clients, sc.federation.num_clients))
+    )  # t = 1: the aux head's gradient only
     after_local = snapshot()
     assert same(after_aligned[:n_server], after_local[:n_server]), "the server stepped without an alignment"
     assert not same(after_aligned[n_server:], after_local[n_server:]), "the clients did not train"

@@ -49,8 +49,8 @@ def test_metrics_identical_across_reruns_worker_counts_and_backends(tmp_path, ra
 def _replica_states(engine: Engine) -> tuple[list[dict], dict]:
     algo, backend = engine.last_algorithm, engine.backend
     algo.sync_workers(backend)
-    workers = backend.get([backend.client(w, "client_state") for w in range(backend.num_workers)])
-    return workers, backend.get(backend.server("client_state"))
+    workers = backend.get([backend.client(w, algo.client_role.client_state) for w in range(backend.num_workers)])
+    return workers, backend.get(backend.server(algo.server_role.client_state))
 
 
 def test_replicas_bit_identical_and_equal_to_single_process(tmp_path, ray_session):

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hosfl_sim.comm import Ledger
+from hosfl_sim.comm import DOWN, UP, Ledger
+from hosfl_sim.comm.messages import Activations, Scalars, Weights
 from hosfl_sim.config import load_scenario
 from hosfl_sim.runtime import Engine
 from tests.conftest import tiny_scenario
@@ -82,9 +83,16 @@ def test_sfl_zo_sends_two_activations_per_perturbation(tmp_path):
     assert final["bytes_scalar_down"] == ROUNDS * k * P * 4
 
 
-def test_ledger_rejects_unknown_categories():
+def test_ledger_prices_messages_and_rejects_unknown_categories():
     ledger = Ledger()
-    with pytest.raises(KeyError, match="act_up"):
-        ledger.charge("activations", 0, 10)
-    ledger.charge("act_up", 1, np.zeros(3, np.float32), count=2)
-    assert ledger.totals["act_up"] == 24 and ledger.client_round_bytes(1) == (24, 0)
+    with pytest.raises(KeyError, match="act_down"):
+        ledger.charge(0, DOWN, Activations.of(np.zeros(3, np.float32)))  # activations only travel up
+    sent = Activations.of(np.zeros((2, 3), np.float32), {"mask": np.zeros(2, np.int64)}).times(2)
+    assert ledger.charge(1, UP, sent) == 2 * (6 * 4 + 2 * 8)
+    assert ledger.totals["act_up"] == 80 and ledger.client_round_bytes(1) == (80, 0)
+    # a message built from shapes is priced as the arrays it stands for; joined payloads add up
+    assert Ledger.price(Scalars.array((5,), np.float32)) == Ledger.price(Scalars.of(np.ones(5, np.float32))) == 20
+    weights = Weights.of({"w": np.zeros((4, 4), np.float32)}) + Weights.of([np.zeros(3, np.float16)])
+    assert Ledger.price(weights) == 64 + 6
+    with pytest.raises(TypeError, match="Weights"):
+        _ = weights + Scalars.of(np.zeros(1, np.float32))

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hosfl_sim.algorithms.base import epoch_batches, sample_batch
+from hosfl_sim.algorithms.task import epoch_batches, sample_batch
 from hosfl_sim.config import ConfigError, load_scenario
 from hosfl_sim.runtime import Engine
 from tests.conftest import tiny_scenario

@@ -139,11 +139,11 @@ class CountingBackend(LocalBackend):
         self.calls: dict[tuple[str, str], int] = {}
 
     def client(self, worker, method, *args, num_returns=1):
-        self.calls[("client", method)] = self.calls.get(("client", method), 0) + 1
+        self.calls[("client", method.__name__)] = self.calls.get(("client", method.__name__), 0) + 1
         return super().client(worker, method, *args, num_returns=num_returns)
 
     def server(self, method, *args, num_returns=1):
-        self.calls[("server", method)] = self.calls.get(("server", method), 0) + 1
+        self.calls[("server", method.__name__)] = self.calls.get(("server", method.__name__), 0) + 1
         return super().server(method, *args, num_returns=num_returns)
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hosfl_sim.algorithms.hosfl import HOSFLClient, HOSFLServer
 from hosfl_sim.cli import main
 from hosfl_sim.config import ConfigError, load_scenario
 from hosfl_sim.record import read_manifest
@@ -287,7 +288,7 @@ def test_an_error_in_a_call_never_waited_for_fails_the_run_even_in_its_last_roun
 
         def server(self, method, *args, num_returns=1):
             out = super().server(method, *args, num_returns=num_returns)
-            if method == "update_client":
+            if method is HOSFLServer.update_client:
                 self.updates += 1
                 return Failed() if self.updates == 3 else out
             return out
@@ -356,7 +357,7 @@ def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_pat
         probes, killed = 0, False
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method == "probes":
+            if worker == 1 and method is HOSFLClient.probes:
                 self.probes += 1
                 if self.probes == 3:
                     self.old_pid = ray.get(self.workers[1].pid.remote())
@@ -402,8 +403,8 @@ def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_pat
         # a replacement runs, and every replica equals the server's copy of the client part again
         assert ray.get(backend.workers[1].pid.remote()) != backend.old_pid
         engine.last_algorithm.sync_workers(backend)
-        replicas = backend.get([backend.client(w, "client_state") for w in range(2)])
-        server = backend.get(backend.server("client_state"))
+        replicas = backend.get([backend.client(w, engine.last_algorithm.client_role.client_state) for w in range(2)])
+        server = backend.get(backend.server(engine.last_algorithm.server_role.client_state))
         for key, value in server.items():
             assert all(np.array_equal(r[key], value) for r in replicas), key
     finally:
@@ -425,7 +426,7 @@ def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ra
         anchors = 0
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method == "anchors":
+            if worker == 1 and method is HOSFLClient.anchors:
                 self.anchors += 1
                 if self.anchors == 4:
                     ray.kill(self.server_actor, no_restart=True)

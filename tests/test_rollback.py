@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from hosfl_sim.algorithms import get_algorithm
+from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.algorithms.replay import ReplayLog
 from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
 from hosfl_sim.config import load_scenario
 from hosfl_sim.runtime import Engine
 from hosfl_sim.runtime.local import LocalBackend
+from hosfl_sim.system.clock import sync_clock
 from tests.conftest import tiny_scenario
 from tests.test_robustness import assert_same_metrics, metrics
 
@@ -47,13 +50,13 @@ def assert_same_role_state(got: dict, want: dict) -> None:
         assert got[key].dtype == t.dtype and torch.equal(got[key], t), key
 
 
-def random_round(log: ReplayLog, ledger: Ledger, rng: np.random.Generator, n: int, p: int) -> None:
+def random_round(log: ReplayLog, channel: Channel, rng: np.random.Generator, n: int, p: int) -> None:
     """What a round does to the log, in a random order: catch-ups (a client may come twice), worker syncs,
     appends of p-wide records, and positions set for groups that may repeat a client."""
     for _ in range(rng.integers(1, 6)):
         op = rng.integers(4)
         if op == 0:
-            log.catch_up(ledger, int(rng.integers(n)))
+            log.catch_up(channel, int(rng.integers(n)))
         elif op == 1:
             log.for_worker(int(rng.integers(len(log.worker_seen))))
         elif op == 2:
@@ -64,16 +67,16 @@ def random_round(log: ReplayLog, ledger: Ledger, rng: np.random.Generator, n: in
 
 def test_replay_log_rollback_is_a_reload_of_the_state_at_the_mark():
     rng = np.random.default_rng(0)
-    log, ledger = ReplayLog(30, 3), Ledger()
+    log, channel = ReplayLog(30, 3), Channel(Ledger(), sync_clock(np.arange(30), 30))
     for rnd in range(40):
         mark, before = log.mark(), copy.deepcopy(log.state_dict())
-        random_round(log, ledger, rng, 30, 3)
+        random_round(log, channel, rng, 30, 3)
         if rnd % 3 == 0:
             for _ in range(2):  # the same mark serves every rerun of a round
                 log.rollback(mark)
                 assert_same_state({"log": log.state_dict()}, {"log": before})
                 assert not log.worker_seen.any()  # every worker counts as fresh, as after load_state_dict
-                random_round(log, ledger, rng, 30, 3)
+                random_round(log, channel, rng, 30, 3)
     stale = log.mark()
     log.mark()
     with pytest.raises(ValueError, match="latest mark"):
@@ -97,8 +100,9 @@ def test_catch_up_charges_the_bytes_of_the_records_missed():
     clone.load_state_dict(log.state_dict())  # the byte counts are rebuilt on load
     for lg in (log, clone):
         ledger = Ledger()
-        assert lg.catch_up(ledger, 0) == 14 and lg.catch_up(ledger, 1) == 2 and lg.catch_up(ledger, 0) == 0
-        assert lg.catch_up(ledger, 2) == 14  # its positions of the dropped round are gone
+        channel = Channel(ledger, sync_clock(np.arange(5), 5))
+        assert lg.catch_up(channel, 0) == 14 and lg.catch_up(channel, 1) == 2 and lg.catch_up(channel, 0) == 0
+        assert lg.catch_up(channel, 2) == 14  # its positions of the dropped round are gone
         assert ledger.totals["seed_down"] == 8 * p * (14 + 2 + 14)
         assert ledger.totals["scalar_down"] == 4 * p * (14 + 2 + 14)
 
@@ -119,7 +123,8 @@ def test_a_rolled_back_round_reruns_to_the_numbers_of_a_round_run_once(name):
     sampler = np.random.default_rng(3)
     for rnd in range(1, 4):
         ledger.start_round(rnd)
-        algo.run_round(rnd, np.sort(sampler.choice(12, 3, replace=False)), backend, ledger)
+        sampled = np.sort(sampler.choice(12, 3, replace=False))
+        algo.run_round(rnd, sampled, backend, Channel(ledger, sync_clock(sampled, 12)))
     clients = np.array([0, 5, 11])  # 11 never ran: it catches up on every record
     before, start_ledger = copy.deepcopy(algo.state_dict()), ledger.state_dict()
     server = backend.server_role
@@ -127,7 +132,7 @@ def test_a_rolled_back_round_reruns_to_the_numbers_of_a_round_run_once(name):
     assert server.end_round(True) is None  # the check, and the snapshot the rollback restores
     mark = algo.round_mark()
     ledger.start_round(4)
-    first = algo.run_round(4, clients, backend, ledger)
+    first = algo.run_round(4, clients, backend, Channel(ledger, sync_clock(clients, sc.federation.num_clients)))
     after, end_ledger = copy.deepcopy(algo.state_dict()), ledger.state_dict()
     server_after = copy.deepcopy(server.state_dict())
     assert len(algo.log) == len(before["log"]["seeds"]) + 2  # two local steps appended
@@ -135,11 +140,11 @@ def test_a_rolled_back_round_reruns_to_the_numbers_of_a_round_run_once(name):
     algo.rollback(mark)
     assert_same_state(algo.state_dict(), before)
     ledger.load_state_dict(start_ledger)
-    backend.server("restore")
+    backend.server(algo.server_role.restore)
     assert_same_role_state(server.state_dict(), server_before)  # AdamW's moments included
     backend.reset_workers([1])
     ledger.start_round(4)
-    again = algo.run_round(4, clients, backend, ledger)
+    again = algo.run_round(4, clients, backend, Channel(ledger, sync_clock(clients, sc.federation.num_clients)))
     assert_same_state(algo.state_dict(), after)
     assert_same_role_state(server.state_dict(), server_after)
     assert ledger.state_dict() == end_ledger
@@ -204,7 +209,7 @@ def test_a_resumed_run_that_loses_a_worker_gives_the_forewarned_numbers(tmp_path
         probes, kills = 0, 0
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method in ("probe", "probes"):  # one call a round
+            if worker == 1 and method is HOSFLClient.probes:  # one call a round
                 self.probes += 1
                 if self.probes in (1, 4):  # round 3, its rerun (worker 1 serves position 1 again), 4, then 5
                     ray.kill(self.workers[1], no_restart=True)

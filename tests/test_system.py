@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hosfl_sim.algorithms.base import count_flops
+from hosfl_sim.algorithms.task import count_flops
 from hosfl_sim.config import load_scenario
 from hosfl_sim.config.schema import SystemConfig
 from hosfl_sim.runtime import Engine

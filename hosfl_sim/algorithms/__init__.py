@@ -1,6 +1,7 @@
 """HO-SFL and its baselines as plain torch code, runnable on any `Backend`."""
 
-from hosfl_sim.algorithms.base import Algorithm, Backend, ClientRecord, RoundResult, TaskSpec
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.centralized import Centralized
 from hosfl_sim.algorithms.fedavg import FedAvg
 from hosfl_sim.algorithms.fsl_sage import FSLSAGE
@@ -12,6 +13,7 @@ from hosfl_sim.algorithms.sfl import SFL
 from hosfl_sim.algorithms.sfl_zo import SFLZO
 from hosfl_sim.algorithms.sfl_zo_v1 import SFLZOV1
 from hosfl_sim.algorithms.splitfed_v1 import SplitFedV1
+from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.algorithms.zo_fl import ZOFL
 from hosfl_sim.config import ConfigError
 

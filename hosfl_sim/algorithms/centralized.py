@@ -19,18 +19,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRole,
-    RoundResult,
-    ServerRole,
-    TaskSpec,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.fedavg import whole_model_flops
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
+from hosfl_sim.algorithms.task import TaskSpec, tensor, to_tensors
+from hosfl_sim.comm.channel import Channel
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import make_optimizer
 
@@ -109,9 +103,8 @@ class Centralized(Algorithm):
     client_role = IdleClient
     server_role = CentralizedServer
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         sizes = round_batch_sizes(self, clients)
-        meta = backend.get(backend.server("train_round", rnd, sizes))
-        if ledger.clock is not None:
-            ledger.clock.server_only(meta["flops"])
+        meta = backend.get(backend.server(self.server_role.train_round, rnd, sizes))
+        channel.clock.server_only(meta["flops"])
         return RoundResult(meta["loss"], sum(sizes), [])

@@ -19,23 +19,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRecord,
-    ClientRole,
-    RoundResult,
-    ServerRole,
-    TaskSpec,
-    count_flops,
-    local_steps_for,
-    nbytes,
-    sample_batch,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, load_numpy, shared_state, to_numpy
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.task import TaskSpec, count_flops, local_steps_for, sample_batch, tensor, to_tensors
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Weights
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import make_optimizer
 
@@ -91,9 +81,9 @@ class FedAvgServer(ServerRole):
         super().__init__(spec)
         self.model = JoinedModel(self.split)  # the same modules as self.client / self.server
 
-    def global_state(self) -> tuple[dict[str, np.ndarray], int]:
+    def global_state(self) -> tuple[dict[str, np.ndarray], Weights]:
         state = to_numpy(shared_state(self.model))
-        return state, nbytes(state)
+        return state, Weights.of(state)
 
     def fedavg(self, weights: np.ndarray, *states: dict[str, np.ndarray]) -> None:
         average_into(self.model, list(states), weights)
@@ -110,28 +100,28 @@ class FedAvg(Algorithm):
     supports_policies = True
     supports_epochs = True
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        clock = ledger.clock
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        clock = channel.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        global_state, size = backend.server("global_state", num_returns=2)
-        weight_bytes = backend.get(size)  # uploads have the same keys, shapes and dtypes
+        global_state, size = backend.server(self.server_role.global_state, num_returns=2)
+        weights = backend.get(size)  # uploads have the same keys, shapes and dtypes
         active = [int(c) for c in clients]
         for cid in active:
-            ledger.charge("model_down", cid, weight_bytes)
-        if clock is not None:
-            active = clock.drop_failed(active)
-        results = {c: backend.client(worker[c], "train", c, rnd, global_state, num_returns=2) for c in active}
+            channel.down(cid, weights)
+        active = clock.drop_failed(active)
+        results = {
+            c: backend.client(worker[c], self.client_role.train, c, rnd, global_state, num_returns=2) for c in active
+        }
         metas = dict(zip(active, backend.get([results[c][1] for c in active])))
         for cid in active:
             m, r = metas[cid], records[cid]
-            if clock is not None:
-                clock.client_compute(cid, m["flops"])
-            ledger.charge("model_up", cid, weight_bytes)
+            clock.client_compute(cid, m["flops"])
+            channel.up(cid, weights)
             r.compute_s, r.samples, r.train_loss = m["compute_s"], m["samples"], m["losses"][-1]
         kept = self.barrier(clock, active, backend, worker)
         if kept:
             sizes = self.client_sizes[np.array(kept)]
-            backend.get(backend.server("fedavg", sizes, *[results[c][0] for c in kept]))
+            backend.get(backend.server(self.server_role.fedavg, sizes, *[results[c][0] for c in kept]))
         losses = [v for c in kept for v in metas[c]["losses"]]
         return RoundResult(RoundResult.mean(losses), sum(metas[c]["samples"] for c in kept), list(records.values()))

@@ -38,19 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRecord,
-    RoundResult,
-    TaskSpec,
-    nbytes,
-    sample_batch,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, load_numpy, to_numpy
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import CutGrad, Weights
 
 AUX_SEED_TAG = 17  # mixed with the run seed to initialise the aux head
 
@@ -118,7 +111,7 @@ class FSLSAGEClient(SFLClient):
                     mse.backward()
                     opt.step()
         refit = cfg.aux_passes * sum(aux_flops(head, len(y_i), refit=True) for _, y_i, _ in buffer)
-        return {"compute_s": t.seconds, "grad_bytes": nbytes(g), "aux_mse": float(mse.detach()), "aux_flops": refit}
+        return {"compute_s": t.seconds, "grad": CutGrad.of(g), "aux_mse": float(mse.detach()), "aux_flops": refit}
 
     def local_step(self, client_id: int, rnd: int, step: int) -> dict:
         """A step on the aux head's estimate of the cut gradient; nothing is sent."""
@@ -146,9 +139,9 @@ class FSLSAGEServer(SFLServer):
         super().__init__(spec)
         self.aux = build_aux(spec, self.client, self.split.input_keys)
 
-    def global_aux(self) -> tuple[dict[str, np.ndarray], int]:
+    def global_aux(self) -> tuple[dict[str, np.ndarray], Weights]:
         state = to_numpy(self.aux.state_dict())
-        return state, nbytes(state)
+        return state, Weights.of(state)
 
     def finish(self, weights: np.ndarray, *uploads: dict) -> None:
         """FedAvg of the client parts and aux heads uploaded (by the kept clients; none: nothing changes)."""
@@ -168,67 +161,64 @@ class FSLSAGE(Algorithm):
     server_role = FSLSAGEServer
     supports_policies = True
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        cfg, clock = self.cfg, ledger.clock
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        cfg, clock = self.cfg, channel.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active = [int(c) for c in clients]
-        global_state, size = backend.server("global_client", num_returns=2)
-        aux_state, aux_size = backend.server("global_aux", num_returns=2)
-        client_bytes, aux_bytes = backend.get([size, aux_size])
+        global_state, size = backend.server(self.server_role.global_client, num_returns=2)
+        aux_state, aux_size = backend.server(self.server_role.global_aux, num_returns=2)
+        client_part, aux_head = backend.get([size, aux_size])
         for cid in active:
-            ledger.charge("model_down", cid, client_bytes + aux_bytes)
-        if clock is not None:
-            active = clock.drop_failed(active)
+            channel.down(cid, client_part + aux_head)
+        active = clock.drop_failed(active)
         for cid in active:
-            backend.client(worker[cid], "begin", cid, global_state, aux_state)
+            backend.later(backend.client(worker[cid], self.client_role.begin, cid, global_state, aux_state))
         plan = []  # per local step: (aligned, [(client, futures)])
         for step in range(cfg.local_steps):
             aligned = ((rnd - 1) * cfg.local_steps + step) % cfg.align_every == 0
             calls = []
             for cid in active:
                 if aligned:
-                    up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
-                    g, smeta = backend.server("train_step", up, num_returns=2)
-                    calls.append((cid, [meta, smeta, backend.client(worker[cid], "align", cid, rnd, step, g)]))
+                    up, meta = backend.client(worker[cid], self.client_role.forward, cid, rnd, step, num_returns=2)
+                    g, smeta = backend.server(self.server_role.train_step, up, num_returns=2)
+                    calls.append(
+                        (cid, [meta, smeta, backend.client(worker[cid], self.client_role.align, cid, rnd, step, g)])
+                    )
                 else:
-                    calls.append((cid, [backend.client(worker[cid], "local_step", cid, rnd, step)]))
+                    calls.append((cid, [backend.client(worker[cid], self.client_role.local_step, cid, rnd, step)]))
             plan.append((aligned, calls))
-        uploads = {c: backend.client(worker[c], "upload", c) for c in active}
+        uploads = {c: backend.client(worker[c], self.client_role.upload, c) for c in active}
         metas = backend.get([[f for _, f in calls] for _, calls in plan])
         real, surrogate = [], []  # (client, loss) in step order
         for (aligned, calls), step_metas in zip(plan, metas):
             batch = [(cid, *m) for (cid, _), m in zip(calls, step_metas)]
             if not aligned:
                 for cid, m in batch:
-                    if clock is not None:
-                        clock.client_compute(cid, m["flops"])
+                    clock.client_compute(cid, m["flops"])
                     r = records[cid]
                     r.compute_s += m["compute_s"]
                     r.samples += m["samples"]
                     surrogate.append((cid, m["loss"]))
                 continue
             for cid, m, _, _ in batch:
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("act_up", cid, m["act_bytes"])
-                ledger.charge("labels_up", cid, m["label_bytes"])
-            if clock is not None:  # the one server model serves requests in arrival order
-                for cid, _, s, _ in sorted(batch, key=lambda x: clock.record(x[0]).t):
-                    clock.server_compute(cid, s["flops"])
+                clock.client_compute(cid, m["flops"])
+                channel.up(cid, m["act"])
+                channel.up(cid, m["labels"])
+            for cid, _, s, _ in sorted(batch, key=lambda x: clock.record(x[0]).t):  # one server, arrival order
+                clock.server_compute(cid, s["flops"])
             for cid, m, s, a in batch:
-                ledger.charge("grad_down", cid, a["grad_bytes"])
-                if clock is not None:
-                    clock.client_compute(cid, 2 * m["flops"] + a["aux_flops"])  # backward ~ 2x forward, refit
+                channel.down(cid, a["grad"])
+                clock.client_compute(cid, 2 * m["flops"] + a["aux_flops"])  # backward ~ 2x forward, refit
                 r = records[cid]
                 r.compute_s += m["compute_s"] + a["compute_s"]
                 r.samples += m["samples"]
                 real.append((cid, s["loss"]))
         for cid in active:
-            ledger.charge("model_up", cid, client_bytes + aux_bytes)
+            channel.up(cid, client_part + aux_head)
         kept = self.barrier(clock, active, backend, worker)
         weights = self.client_sizes[np.array(kept, dtype=np.int64)]
-        backend.get(backend.server("finish", weights, *[uploads[c] for c in kept]))
+        backend.get(backend.server(self.server_role.finish, weights, *[uploads[c] for c in kept]))
         for cid, r in records.items():  # the server's loss when the client aligned this round, else the aux head's
             own = [v for c, v in real if c == cid] or [v for c, v in surrogate if c == cid]
             r.train_loss = own[-1] if own else float("nan")

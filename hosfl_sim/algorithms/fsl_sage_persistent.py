@@ -31,21 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRecord,
-    RoundResult,
-    TaskSpec,
-    local_steps_for,
-    nbytes,
-    sample_batch,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.fsl_sage import estimated_grad
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.state import bookkeeping
+from hosfl_sim.algorithms.task import TaskSpec, local_steps_for, sample_batch, tensor, to_tensors
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Activations, Labels, Weights
 from hosfl_sim.config import ConfigError
 from hosfl_sim.models import SplitModel
 from hosfl_sim.models.resnet import BasicBlock
@@ -139,8 +132,8 @@ class FSLSAGEPersistentClient(SFLClient):
                 samples += len(labels)
                 flops += 3 * self.forward_flops(x)  # forward, backward ~ 2x (the aux's share is not counted)
         meta = {
-            "act_bytes": [nbytes(u["a"]) for u in uploads],
-            "label_bytes": [nbytes(u["y"]) for u in uploads],
+            "act": [Activations.of(u["a"]) for u in uploads],
+            "labels": [Labels.of(u["y"]) for u in uploads],
             "samples": samples,
             "loss": losses[-1] if losses else float("nan"),
             "compute_s": t.seconds,
@@ -166,6 +159,7 @@ class FSLSAGEPersistentServer(SFLServer):
     def _attr_states(self) -> dict:
         return {**super()._attr_states(), "aux_clients": self.aux_states}
 
+    @bookkeeping
     def load_state_dict(self, state: dict) -> None:
         attrs = dict(state["attrs"])
         self.aux_states = attrs.pop("aux_clients")
@@ -194,7 +188,7 @@ class FSLSAGEPersistentServer(SFLServer):
                     opt.step()
         self.aux_states[client_id] = {"model": aux.state_dict(), "opt": opt.state_dict(), "a": a, "y": y}
         sent = wire_state(aux)
-        return sent, {"aux_bytes": nbytes(sent), "buffered": len(y)}
+        return sent, {"aux": Weights.of(sent), "buffered": len(y)}
 
     def cut_gradients(self, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """d CE_mean(f_s(A), Y) / dA over the whole buffer in one batch, the server part as it stands."""
@@ -247,35 +241,35 @@ class FSLSAGEPersistent(Algorithm):
         except ValueError as e:
             raise ConfigError(f"algorithms[{index}].name", cls.name, f"a vision task ({e})") from None
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        clock = ledger.clock
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        clock = channel.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active = [int(c) for c in clients]
-        global_state, size = backend.server("global_client", num_returns=2)
-        aligned = {c: backend.server("align", c, rnd, num_returns=2) for c in active}  # before any server step
+        global_state, size = backend.server(self.server_role.global_client, num_returns=2)
+        aligned = {
+            c: backend.server(self.server_role.align, c, rnd, num_returns=2) for c in active
+        }  # before any server step
         trained = {}
         for c in active:
-            backend.client(worker[c], "begin", c, global_state, aligned[c][0])
-            trained[c] = backend.client(worker[c], "train", c, rnd, num_returns=2)
-        served = {c: backend.server("steps", c, trained[c][0]) for c in active}  # client after client
-        uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        client_bytes, metas = backend.get([size, {c: [aligned[c][1], trained[c][1], served[c]] for c in active}])
+            backend.later(backend.client(worker[c], self.client_role.begin, c, global_state, aligned[c][0]))
+            trained[c] = backend.client(worker[c], self.client_role.train, c, rnd, num_returns=2)
+        served = {c: backend.server(self.server_role.steps, c, trained[c][0]) for c in active}  # client after client
+        uploads = {c: backend.client(worker[c], self.client_role.upload, c) for c in active}
+        client_part, metas = backend.get([size, {c: [aligned[c][1], trained[c][1], served[c]] for c in active}])
         losses = []
         for c in active:
             align, m, srv = metas[c]
-            ledger.charge("model_down", c, client_bytes + align["aux_bytes"])
-            if clock is not None:
-                clock.client_compute(c, m["flops"])
-            for act, lab in zip(m["act_bytes"], m["label_bytes"]):
-                ledger.charge("act_up", c, act)
-                ledger.charge("labels_up", c, lab)
-            if clock is not None:
-                clock.server_compute(c, srv["flops"])
-            ledger.charge("model_up", c, client_bytes + align["aux_bytes"])
+            channel.down(c, client_part + align["aux"])
+            clock.client_compute(c, m["flops"])
+            for act, lab in zip(m["act"], m["labels"]):
+                channel.up(c, act)
+                channel.up(c, lab)
+            clock.server_compute(c, srv["flops"])
+            channel.up(c, client_part + align["aux"])
             r = records[c]
             r.compute_s, r.samples, r.train_loss = m["compute_s"], m["samples"], m["loss"]
             losses.extend(srv["losses"])
         weights = self.client_sizes[np.array(active, dtype=np.int64)]
-        backend.get(backend.server("finish", weights, active, *[uploads[c] for c in active]))
+        backend.get(backend.server(self.server_role.finish, weights, active, *[uploads[c] for c in active]))
         return RoundResult(RoundResult.mean(losses), sum(r.samples for r in records.values()), list(records.values()))

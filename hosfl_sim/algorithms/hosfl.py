@@ -23,20 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.base import (
-    Backend,
-    ClientRecord,
-    SeedBasedAlgorithm,
-    ServerRole,
-    TaskSpec,
-    nbytes,
-    sample_batch,
-    tensor,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
-from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Activations, CutGrad, Labels, Scalars
 from hosfl_sim.zo import ZOUpdater, make_optimizer
 
 
@@ -55,9 +50,9 @@ class HOSFLClient(ZOClient):
             self.pending[client_id] = (x, a)
             upload = {"a": a.cpu().numpy(), "side": self.side_inputs(feats), "y": labels}
         meta = {
-            "act_bytes": nbytes(upload["a"]) + nbytes(upload["side"]),
-            "grad_bytes": nbytes(upload["a"]),  # g has a's shape and dtype
-            "label_bytes": nbytes(labels),
+            "act": Activations.of(upload["a"], upload["side"]),
+            "grad": CutGrad.of(upload["a"]),  # g has a's shape and dtype
+            "labels": Labels.of(labels),
             "samples": len(labels),
             "compute_s": t.seconds,
             "flops": self.forward_flops(x),
@@ -140,9 +135,6 @@ class HOSFL(SeedBasedAlgorithm):
     supports_policies = True
     pending_update: Any = None  # the last update_client call, read with the next step's server step
 
-    def unread(self) -> list:
-        return [] if self.pending_update is None else [self.pending_update]
-
     def local_step(
         self,
         rnd: int,
@@ -152,31 +144,36 @@ class HOSFL(SeedBasedAlgorithm):
         records: dict[int, ClientRecord],
         losses: list[float],
         backend: Backend,
-        ledger: Ledger,
+        channel: Channel,
     ) -> list[int]:
         """One local step of the `active` clients; returns those still active (a barrier may drop some).
         Appends the server's per-client losses to `losses` and accumulates into `records`."""
-        clock = ledger.clock
-        seeds, active = self.open_step(rnd, step, active, ledger)
+        clock = channel.clock
+        seeds, active = self.open_step(rnd, step, active, channel)
         if not active:
             return active
         groups = by_worker(active, worker)
         anchor = {
-            w: backend.client(w, "anchors", self.log.for_worker(w), cs, rnd, step, num_returns=2)
+            w: backend.client(w, self.client_role.anchors, self.log.for_worker(w), cs, rnd, step, num_returns=2)
             for w, cs in groups.items()
         }
 
         def submit(kept: list[int]) -> tuple[Any, dict]:  # the server's step, then the probes it unblocks
             out = backend.server(
-                "train_step", make_plan(kept, groups), *[anchor[w][0] for w in groups], num_returns=len(groups) + 1
+                self.server_role.train_step,
+                make_plan(kept, groups),
+                *[anchor[w][0] for w in groups],
+                num_returns=len(groups) + 1,
             )
             grads = dict(zip(groups, out))
             cs = by_worker(kept, worker)
-            return out[-1], {w: backend.client(w, "probes", c, seeds, grads[w], num_returns=2) for w, c in cs.items()}
+            return out[-1], {
+                w: backend.client(w, self.client_role.probes, c, seeds, grads[w], num_returns=2) for w, c in cs.items()
+            }
 
         def charge() -> dict[int, dict]:
             metas = in_client_order(groups, backend.get([anchor[w][1] for w in groups]))
-            self.charge_uploads(active, metas, records, ledger)
+            self.charge_uploads(active, metas, records, channel)
             return metas
 
         # The whole step goes out before anything is read, unless the barrier can drop clients (then the
@@ -189,10 +186,10 @@ class HOSFL(SeedBasedAlgorithm):
 
         # (with the previous step's update of the server's client copy, so an error there is raised)
         server_meta, _ = backend.get([server_meta, self.pending_update])
-        self.charge_server_step(active, metas, server_meta, records, losses, ledger)
+        self.charge_server_step(active, metas, server_meta, records, losses, channel)
         probed = backend.get([probe[w] for w in kept])
         scalars = in_client_order(kept, [vs for vs, _ in probed])
-        self.charge_probes(active, metas, in_client_order(kept, [ms for _, ms in probed]), records, ledger)
+        self.charge_probes(active, metas, in_client_order(kept, [ms for _, ms in probed]), scalars, records, channel)
         active = self.kept_at_barrier(clock, active, backend, worker)
         if not active:
             return active
@@ -200,35 +197,35 @@ class HOSFL(SeedBasedAlgorithm):
         # to it (no extra hop through the server actor); its copy of the client part takes the step without
         # being waited for (calls to it run in order, so before anything that reads that copy).
         v_bar = mean_scalars([scalars[c] for c in active])
-        self.pending_update = backend.server("update_client", seeds, v_bar)
-        self.broadcast(seeds, v_bar, active, ledger)
+        self.pending_update = backend.later(backend.server(self.server_role.update_client, seeds, v_bar))
+        self.broadcast(seeds, v_bar, active, channel)
         return active
 
     # The accounting of a step, message by message (shared with the benchmark routings of bench/proposals.py):
     def charge_server_step(
-        self, active: list[int], metas: dict, server_meta: dict, records: dict, losses: list[float], ledger: Ledger
+        self, active: list[int], metas: dict, server_meta: dict, records: dict, losses: list[float], channel: Channel
     ) -> None:
         """The server's step on the clock; each client's cut gradient down, its loss and its samples."""
-        if ledger.clock is not None:
-            ledger.clock.server_batch(active, server_meta["flops"])
+        channel.clock.server_batch(active, server_meta["flops"])
         for cid, loss in zip(active, server_meta["losses"]):
-            ledger.charge("grad_down", cid, metas[cid]["grad_bytes"])
+            channel.down(cid, metas[cid]["grad"])
             records[cid].train_loss = loss
             records[cid].samples += metas[cid]["samples"]
         losses.extend(server_meta["losses"])
 
-    def charge_probes(self, active: list[int], metas: dict, probe_metas: dict, records: dict, ledger: Ledger) -> None:
+    def charge_probes(
+        self, active: list[int], metas: dict, probe_metas: dict, scalars: dict, records: dict, channel: Channel
+    ) -> None:
         """Each client's P probe forwards on the clock, its P scalars up, its measured compute."""
         p = self.cfg.perturbations
         for cid in active:
-            if ledger.clock is not None:
-                ledger.clock.client_compute(cid, p * metas[cid]["flops"])
-            ledger.charge("scalar_up", cid, 4 * p)  # float32 v in R^P
+            channel.clock.client_compute(cid, p * metas[cid]["flops"])
+            channel.up(cid, Scalars.of(scalars[cid]))
             records[cid].compute_s += probe_metas[cid]["compute_s"]
 
-    def broadcast(self, seeds: np.ndarray, v_bar: np.ndarray, active: list[int], ledger: Ledger) -> None:
+    def broadcast(self, seeds: np.ndarray, v_bar: np.ndarray, active: list[int], channel: Channel) -> None:
         """(seeds, v_bar) down to the step's clients, and into the log."""
         for cid in active:
-            ledger.charge("scalar_down", cid, v_bar)
+            channel.down(cid, Scalars.of(v_bar))
         self.log.append(seeds, v_bar)
         self.log.mark_seen(np.array(active))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.base import TaskSpec
 from hosfl_sim.algorithms.centralized import Centralized, GlobalBatchServer
+from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturb_

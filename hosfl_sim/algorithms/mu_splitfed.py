@@ -38,23 +38,15 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRecord,
-    ClientRole,
-    RoundResult,
-    ServerRole,
-    TaskSpec,
-    nbytes,
-    sample_batch,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, split_steps, to_numpy
 from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK, begin_copies_round
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
-from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Activations, Labels, Scalars, Weights
 from hosfl_sim.config import AlgorithmConfig, OptimizerConfig
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturb_, perturbed_copies
 
@@ -127,8 +119,8 @@ class MUSplitFedClient(ClientRole):
             acts = np.stack([v.cpu().numpy() for v in (a, a_plus, a_minus)])  # (3, B, ...)
             upload = {"a": acts, "side": self.side_inputs(feats), "y": labels}
         meta = {
-            "act_bytes": nbytes(upload["a"]) + 3 * nbytes(upload["side"]),  # (3, B, ...): a, a+, a-
-            "label_bytes": nbytes(labels),
+            "act": Activations.of(upload["a"], [upload["side"]] * 3),  # (3, B, ...): a, a+, a-, each with its side
+            "labels": Labels.of(labels),
             "samples": len(labels),
             "compute_s": t.seconds,
             "flops": 3 * self.forward_flops(x),
@@ -154,16 +146,16 @@ class MUSplitFedServer(ServerRole):
         self.server_names, _ = prepare_zo_module(self.server)
         self.copies: dict[int, ZOCopy] = {}
 
-    def global_client(self) -> tuple[dict[str, np.ndarray], int]:
+    def global_client(self) -> tuple[dict[str, np.ndarray], Weights]:
         own = dict(self.client.named_parameters())
         state = to_numpy({n: own[n] for n in self.client_names})
-        return state, nbytes(state)
+        return state, Weights.of(state)
 
-    def begin_copies(self, *client_ids: int) -> int:
+    def begin_copies(self, *client_ids: int) -> Weights:
         cfg = self.spec.algorithm
         for cid in client_ids:
             self.copies[cid] = ZOCopy(self.server, self.server_names, None, cfg.server_optimizer, cfg)
-        return nbytes(self.copies[client_ids[0]].state())
+        return Weights.of(self.copies[client_ids[0]].state())
 
     @torch.no_grad()
     def step(self, client_id: int, rnd: int, step: int, upload: dict) -> tuple[np.ndarray, dict]:
@@ -181,7 +173,7 @@ class MUSplitFedServer(ServerRole):
         l_minus = float(self.loss(part.module(a_minus, **side), y))
         s = np.array([(l_plus - l_minus) / 2.0], np.float32)
         flops = (2 * len(seeds) + 2) * self.forward_flops(a0, upload["side"])
-        return s, {"loss": 0.5 * (l_plus + l_minus), "scalar_bytes": nbytes(s), "flops": flops}
+        return s, {"loss": 0.5 * (l_plus + l_minus), "scalars": Scalars.of(s), "flops": flops}
 
     def finish(
         self, client_ids: list[int], weights: np.ndarray, lr: float, *client_states: dict[str, np.ndarray]
@@ -209,28 +201,26 @@ class MUSplitFed(Algorithm):
         """The weights of the kept clients' copies and the global step: MU-SplitFed's unweighted mean, global_lr."""
         return np.ones(len(kept)), self.cfg.global_lr
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        clock = ledger.clock
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        clock = channel.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, client_bytes, server_bytes = begin_copies_round(clients, worker, backend, ledger)
+        active, client_part, server_copy = begin_copies_round(self, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:
-            up, meta = backend.client(worker[cid], "probe", cid, rnd, step, num_returns=2)
-            s, smeta = backend.server("step", cid, rnd, step, up, num_returns=2)
-            return cid, meta, smeta, backend.client(worker[cid], "update", cid, s)
+            up, meta = backend.client(worker[cid], self.client_role.probe, cid, rnd, step, num_returns=2)
+            s, smeta = backend.server(self.server_role.step, cid, rnd, step, up, num_returns=2)
+            return cid, meta, smeta, backend.client(worker[cid], self.client_role.update, cid, s)
 
         steps = split_steps(self, active, send)
-        uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        losses = charge_split_steps(
-            backend.get(steps), clock, ledger, records, "scalar_down", lambda _, srv: srv["scalar_bytes"], False
-        )
+        uploads = {c: backend.client(worker[c], self.client_role.upload, c) for c in active}
+        losses = charge_split_steps(backend.get(steps), channel, records, lambda _, srv: srv["scalars"], False)
         for cid in active:
-            ledger.charge("model_up", cid, client_bytes)
+            channel.up(cid, client_part)
         kept = self.barrier(clock, active, backend, worker)
-        ledger.charge("model_up", SERVER_LINK, server_bytes, count=len(kept))  # only the kept copies travel
+        channel.up(SERVER_LINK, server_copy.times(len(kept)))  # only the kept copies travel
         weights, lr = self.aggregation(kept)
-        backend.get(backend.server("finish", kept, weights, lr, *[uploads[c] for c in kept]))
+        backend.get(backend.server(self.server_role.finish, kept, weights, lr, *[uploads[c] for c in kept]))
         kept_set = set(kept)
         loss = RoundResult.mean([v for c, v in losses if c in kept_set])
         return RoundResult(loss, sum(records[c].samples for c in kept), list(records.values()))

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Scalars, Seeds
 
 
 def mean_scalars(scalars: list[np.ndarray]) -> np.ndarray:
@@ -73,14 +74,14 @@ class ReplayLog:
         self.worker_seen[worker] = len(self.records)
         return [(r.seeds, r.scalars) for r in self.records[start:]]
 
-    def catch_up(self, ledger: Ledger, client_id: int) -> int:
+    def catch_up(self, channel: Channel, client_id: int) -> int:
         """Charge the download of the records a virtual client missed (one message per category; every record
         of a log has one size); returns how many records it replays."""
         seen, end = int(self.client_seen[client_id]), len(self.records)
         if end > seen:
             last = self.records[-1]
-            ledger.charge("seed_down", client_id, last.seeds, count=end - seen)
-            ledger.charge("scalar_down", client_id, last.scalars, count=end - seen)
+            channel.down(client_id, Seeds.of(last.seeds).times(end - seen))
+            channel.down(client_id, Scalars.of(last.scalars).times(end - seen))
         self._move(client_id)
         return end - seen
 

@@ -47,11 +47,6 @@ def serve_each(
     return [up for up, _ in out], [meta for _, meta in out]
 
 
-def may_drop(clock: Any) -> bool:
-    """Whether the clock's next barrier can drop clients (then the next phase must wait for it)."""
-    return clock is not None and clock.may_drop
-
-
 def keep_all(active: list[int], kept: list[int]) -> None:
     if kept != active:  # may_drop said this barrier keeps everyone
         raise RuntimeError(f"a barrier dropped {sorted(set(active) - set(kept))} where no client could be dropped")

@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRecord,
-    ClientRole,
-    RoundResult,
-    ServerRole,
-    TaskSpec,
-    nbytes,
-    sample_batch,
-    tensor,
-)
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Activations, CutGrad, Labels, Message, Weights
 from hosfl_sim.zo import make_optimizer
 
 
@@ -73,33 +65,29 @@ def average_into(
 
 def charge_split_steps(
     steps: list[list[tuple[int, dict, dict, dict]]],
-    clock: Any,
-    ledger: Ledger,
+    channel: Channel,
     records: dict[int, ClientRecord],
-    down: str,
-    down_bytes: Callable[[dict, dict], int],
+    reply: Callable[[dict, dict], Message],
     backward: bool,
 ) -> list[tuple[int, float]]:
-    """The ledger and clock of split clients served by one main server, message by message.
+    """The messages and clock of split clients served by one main server, message by message.
 
     `steps[i]` holds the rows (client, its forward's meta, the server's meta, its follow-up's meta) of local
     step i, in submission order (clients with fewer steps drop out of the later ones). Per step: each client's
-    forward and upload; the server's work in arrival order (one server, one queue); the reply (`down`,
-    `down_bytes(meta, server meta)` bytes) and, with `backward`, the client's backward (~2x its forward).
+    forward and upload; the server's work in arrival order (one server, one queue); the reply down
+    (`reply(meta, server meta)`) and, with `backward`, the client's backward (~2x its forward).
     Returns (client, loss) per row."""
-    losses = []
+    losses, clock = [], channel.clock
     for batch in steps:
         for cid, m, _, _ in batch:
-            if clock is not None:
-                clock.client_compute(cid, m["flops"])
-            ledger.charge("act_up", cid, m["act_bytes"])
-            ledger.charge("labels_up", cid, m["label_bytes"])
-        if clock is not None:
-            for cid, _, srv, _ in sorted(batch, key=lambda row: clock.record(row[0]).t):
-                clock.server_compute(cid, srv["flops"])
+            clock.client_compute(cid, m["flops"])
+            channel.up(cid, m["act"])
+            channel.up(cid, m["labels"])
+        for cid, _, srv, _ in sorted(batch, key=lambda row: clock.record(row[0]).t):
+            clock.server_compute(cid, srv["flops"])
         for cid, m, srv, after in batch:
-            ledger.charge(down, cid, down_bytes(m, srv))
-            if clock is not None and backward:
+            channel.down(cid, reply(m, srv))
+            if backward:
                 clock.client_compute(cid, 2 * m["flops"])
             r = records[cid]
             r.compute_s += m["compute_s"] + after["compute_s"]
@@ -141,9 +129,9 @@ class SFLClient(ClientRole):
             self.pending[client_id] = a
             upload = {"a": a.detach().cpu().numpy(), "side": self.side_inputs(feats), "y": labels}
         meta = {
-            "act_bytes": nbytes(upload["a"]) + nbytes(upload["side"]),
-            "grad_bytes": nbytes(upload["a"]),  # g has a's shape and dtype
-            "label_bytes": nbytes(labels),
+            "act": Activations.of(upload["a"], upload["side"]),
+            "grad": CutGrad.of(upload["a"]),  # g has a's shape and dtype
+            "labels": Labels.of(labels),
             "samples": len(labels),
             "compute_s": t.seconds,
             "flops": self.forward_flops(self.client_inputs(feats)),
@@ -172,9 +160,9 @@ class SFLServer(ServerRole):
         self.params = [p for p in self.server.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, spec.algorithm.server_optimizer)
 
-    def global_client(self) -> tuple[dict[str, np.ndarray], int]:
+    def global_client(self) -> tuple[dict[str, np.ndarray], Weights]:
         state = to_numpy(shared_state(self.client))
-        return state, nbytes(state)
+        return state, Weights.of(state)
 
     def train_step(self, upload: dict) -> tuple[np.ndarray, dict]:
         a = tensor(upload["a"], self.device).requires_grad_(True)
@@ -201,36 +189,33 @@ class SFL(Algorithm):
     supports_policies = True
     supports_epochs = True
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        clock = ledger.clock
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        clock = channel.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        global_state, size = backend.server("global_client", num_returns=2)
-        weight_bytes = backend.get(size)  # uploads have the same keys and shapes
+        global_state, size = backend.server(self.server_role.global_client, num_returns=2)
+        weights = backend.get(size)  # uploads have the same keys and shapes
         active = [int(c) for c in clients]
         for cid in active:
-            ledger.charge("model_down", cid, weight_bytes)
-        if clock is not None:
-            active = clock.drop_failed(active)
+            channel.down(cid, weights)
+        active = clock.drop_failed(active)
         for cid in active:
-            backend.client(worker[cid], "begin", cid, global_state)
+            backend.later(backend.client(worker[cid], self.client_role.begin, cid, global_state))
 
         def send(cid: int, step: int) -> tuple:
-            up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
-            g, smeta = backend.server("train_step", up, num_returns=2)
-            return cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)
+            up, meta = backend.client(worker[cid], self.client_role.forward, cid, rnd, step, num_returns=2)
+            g, smeta = backend.server(self.server_role.train_step, up, num_returns=2)
+            return cid, meta, smeta, backend.client(worker[cid], self.client_role.backward, cid, g)
 
         steps = split_steps(self, active, send)
-        uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        step_losses = charge_split_steps(
-            backend.get(steps), clock, ledger, records, "grad_down", lambda m, _: m["grad_bytes"], backward=True
-        )
+        uploads = {c: backend.client(worker[c], self.client_role.upload, c) for c in active}
+        step_losses = charge_split_steps(backend.get(steps), channel, records, lambda m, _: m["grad"], backward=True)
         losses = [loss for _, loss in step_losses]
         samples = sum(records[c].samples for c in active)
         for cid in active:
-            ledger.charge("model_up", cid, weight_bytes)
+            channel.up(cid, weights)
         kept = self.barrier(clock, active, backend, worker)
         if kept:
             sizes = self.client_sizes[np.array(kept)]
-            backend.get(backend.server("fedavg", sizes, *[uploads[c] for c in kept]))
+            backend.get(backend.server(self.server_role.fedavg, sizes, *[uploads[c] for c in kept]))
         return RoundResult(RoundResult.mean(losses), samples, list(records.values()))

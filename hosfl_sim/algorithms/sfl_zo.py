@@ -18,21 +18,15 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from hosfl_sim.algorithms.base import (
-    Backend,
-    ClientRecord,
-    SeedBasedAlgorithm,
-    ServerRole,
-    TaskSpec,
-    nbytes,
-    sample_batch,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
-from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Activations, Labels, Scalars
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturbed_copies
 
 SERVER_STREAM = 1  # seeds of the server half of each direction
@@ -49,8 +43,8 @@ class SFLZOClient(ZOClient):
             acts = [self.forward_at(x, int(s), sign * mu).cpu().numpy() for s in seeds for sign in (1.0, -1.0)]
             upload = {"a": np.stack(acts), "side": self.side_inputs(feats), "y": labels}  # (2P, B, ...)
         meta = {
-            "act_bytes": nbytes(upload["a"]) + 2 * len(seeds) * nbytes(upload["side"]),
-            "label_bytes": nbytes(labels),
+            "act": Activations.of(upload["a"], [upload["side"]] * (2 * len(seeds))),  # each probe with its side
+            "labels": Labels.of(labels),
             "samples": len(labels),
             "compute_s": t.seconds,
             "flops": 2 * len(seeds) * self.forward_flops(x),
@@ -124,16 +118,16 @@ class SFLZO(SeedBasedAlgorithm):
         records: dict[int, ClientRecord],
         losses: list[float],
         backend: Backend,
-        ledger: Ledger,
+        channel: Channel,
     ) -> list[int]:
-        cfg, clock = self.cfg, ledger.clock
-        seeds, active = self.open_step(rnd, step, active, ledger)
+        cfg, clock = self.cfg, channel.clock
+        seeds, active = self.open_step(rnd, step, active, channel)
         if not active:
             return active
         server_seeds = derive_seeds(self.seed, rnd, step, cfg.perturbations, stream=SERVER_STREAM)
         groups = by_worker(active, worker)
         calls = {
-            w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
+            w: backend.client(w, self.client_role.probes, self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
             for w, cs in groups.items()
         }
         uploads = [calls[w][0] for w in groups]
@@ -143,17 +137,16 @@ class SFLZO(SeedBasedAlgorithm):
 
         def charge() -> dict[int, dict]:
             metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
-            self.charge_uploads(active, metas, records, ledger)
+            self.charge_uploads(active, metas, records, channel)
             return metas
 
         active, sent, metas = self.around_barrier(clock, active, backend, worker, submit, charge)
         if not active:
             return active
         s_bar, smeta = backend.get(list(sent))
-        if clock is not None:
-            clock.server_batch(active, smeta["flops"])
+        clock.server_batch(active, smeta["flops"])
         for cid in active:
-            ledger.charge("scalar_down", cid, s_bar)
+            channel.down(cid, Scalars.of(s_bar))
             records[cid].samples += metas[cid]["samples"]
             records[cid].train_loss = smeta["loss"]
         losses.append(smeta["loss"])
@@ -161,10 +154,9 @@ class SFLZO(SeedBasedAlgorithm):
         self.log.mark_seen(np.array(active))
         return active
 
-    @staticmethod
     def server_step(
-        backend: Backend, seeds: np.ndarray, server_seeds: np.ndarray, plan: list[tuple[int, int]], uploads: list
+        self, backend: Backend, seeds: np.ndarray, server_seeds: np.ndarray, plan: list[tuple[int, int]], uploads: list
     ) -> tuple[Any, Any]:
         """The server's loss differences on the planned uploads, then the aggregate: (s_bar, meta) futures."""
-        diffs, smeta = backend.server("differences", server_seeds, plan, *uploads, num_returns=2)
-        return backend.server("aggregate", seeds, server_seeds, diffs), smeta
+        diffs, smeta = backend.server(self.server_role.differences, server_seeds, plan, *uploads, num_returns=2)
+        return backend.server(self.server_role.aggregate, seeds, server_seeds, diffs), smeta

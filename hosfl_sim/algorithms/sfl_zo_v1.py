@@ -21,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.base import nbytes, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.mu_splitfed import CLIENT_SIDE, SERVER_SIDE, MUSplitFed, MUSplitFedClient, MUSplitFedServer
+from hosfl_sim.algorithms.task import sample_batch, tensor, to_tensors
+from hosfl_sim.comm.messages import Activations, Labels, Scalars
 from hosfl_sim.zo import derive_seeds
 
 
@@ -40,8 +41,8 @@ class SFLZOV1Client(MUSplitFedClient):
             acts = np.stack([v.cpu().numpy() for v in outs])  # (2P, B, ...): a_1+, a_1-, a_2+, ...
             upload = {"a": acts, "side": self.side_inputs(feats), "y": labels}
         meta = {
-            "act_bytes": nbytes(upload["a"]) + len(outs) * nbytes(upload["side"]),
-            "label_bytes": nbytes(labels),
+            "act": Activations.of(upload["a"], [upload["side"]] * len(outs)),
+            "labels": Labels.of(labels),
             "samples": len(labels),
             "compute_s": t.seconds,
             "flops": len(outs) * self.forward_flops(x),
@@ -73,7 +74,7 @@ class SFLZOV1Server(MUSplitFedServer):
         s = np.array([(lp - lm) / 2.0 for lp, lm in zip(losses[0::2], losses[1::2])], np.float32)
         part.updater.apply(seeds, s, cfg.mu)
         flops = len(acts) * self.forward_flops(acts[0], upload["side"])
-        return s, {"loss": float(np.mean(losses)), "scalar_bytes": nbytes(s), "flops": flops}
+        return s, {"loss": float(np.mean(losses)), "scalars": Scalars.of(s), "flops": flops}
 
 
 class SFLZOV1(MUSplitFed):

@@ -34,16 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hosfl_sim.algorithms.base import (
-    Algorithm,
-    Backend,
-    ClientRecord,
-    RoundResult,
-    TaskSpec,
-    nbytes,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.sfl import (
     SFLClient,
     SFLServer,
@@ -53,29 +45,30 @@ from hosfl_sim.algorithms.sfl import (
     split_steps,
     to_numpy,
 )
-from hosfl_sim.comm import Ledger
+from hosfl_sim.algorithms.task import TaskSpec, tensor, to_tensors
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import CutGrad, Weights
 from hosfl_sim.zo import make_optimizer
 
 SERVER_LINK = -1  # ledger id of the main-server <-> fed-server link: in the run totals, on no client's link
 
 
 def begin_copies_round(
-    clients: np.ndarray, worker: dict[int, int], backend: Backend, ledger: Ledger
-) -> tuple[list[int], int, int]:
+    algorithm: Algorithm, clients: np.ndarray, worker: dict[int, int], backend: Backend, channel: Channel
+) -> tuple[list[int], Weights, Weights]:
     """A round of a server with one copy per client: the copies made, the global client part sent down (and each
     copy charged on the server link), clients that fail mid-round dropped, the rest begun.
-    Returns (the clients that go on, client part bytes, server copy bytes)."""
+    Returns (the clients that go on, the client part's message, a server copy's message)."""
     active = [int(c) for c in clients]
-    global_state, size = backend.server("global_client", num_returns=2)
-    client_bytes, server_bytes = backend.get([size, backend.server("begin_copies", *active)])
+    global_state, size = backend.server(algorithm.server_role.global_client, num_returns=2)
+    client_part, server_copy = backend.get([size, backend.server(algorithm.server_role.begin_copies, *active)])
     for cid in active:
-        ledger.charge("model_down", cid, client_bytes)
-        ledger.charge("model_down", SERVER_LINK, server_bytes)
-    if ledger.clock is not None:
-        active = ledger.clock.drop_failed(active)
+        channel.down(cid, client_part)
+        channel.down(SERVER_LINK, server_copy)
+    active = channel.clock.drop_failed(active)
     for cid in active:
-        backend.client(worker[cid], "begin", cid, global_state)
-    return active, client_bytes, server_bytes
+        backend.later(backend.client(worker[cid], algorithm.client_role.begin, cid, global_state))
+    return active, client_part, server_copy
 
 
 class SplitFedV1Server(SFLServer):
@@ -87,13 +80,13 @@ class SplitFedV1Server(SFLServer):
         super().__init__(spec)  # SFLServer's own optimizer stays unused (it allocates state only when stepped)
         self.copies: dict[int, tuple[nn.Module, torch.optim.Optimizer]] = {}
 
-    def begin_copies(self, *client_ids: int) -> int:
-        """One copy of the global server part per client; returns the bytes of one copy as it would travel."""
+    def begin_copies(self, *client_ids: int) -> Weights:
+        """One copy of the global server part per client; returns one copy as it would travel."""
         for cid in client_ids:
             model = copy.deepcopy(self.server)
             params = [p for p in model.parameters() if p.requires_grad]
             self.copies[cid] = (model, make_optimizer(params, self.spec.algorithm.server_optimizer))
-        return nbytes(to_numpy(shared_state(self.server)))
+        return Weights.of(to_numpy(shared_state(self.server)))
 
     def copy_step(self, client_id: int, upload: dict) -> tuple[np.ndarray, dict]:
         model, opt = self.copies[client_id]
@@ -105,7 +98,7 @@ class SplitFedV1Server(SFLServer):
         opt.step()
         g = a.grad.cpu().numpy()  # dl/da, a's shape
         flops = 3 * self.forward_flops(a, upload["side"])  # the copy has the global part's shapes; backward ~ 2x
-        return g, {"loss": loss.item(), "grad_bytes": nbytes(g), "flops": flops}
+        return g, {"loss": loss.item(), "grad": CutGrad.of(g), "flops": flops}
 
     def finish(self, client_ids: list[int], weights: np.ndarray, *client_states: dict[str, np.ndarray]) -> None:
         """FedAvg both sides over `client_ids` (the kept clients): their client parts (uploaded in that order) and
@@ -129,28 +122,26 @@ class SplitFedV1(Algorithm):
     supports_policies = True
     supports_epochs = True
 
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, ledger: Ledger) -> RoundResult:
-        clock = ledger.clock
+    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        clock = channel.clock
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, client_bytes, server_bytes = begin_copies_round(clients, worker, backend, ledger)
+        active, client_part, server_copy = begin_copies_round(self, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:
-            up, meta = backend.client(worker[cid], "forward", cid, rnd, step, num_returns=2)
-            g, smeta = backend.server("copy_step", cid, up, num_returns=2)
-            return cid, meta, smeta, backend.client(worker[cid], "backward", cid, g)
+            up, meta = backend.client(worker[cid], self.client_role.forward, cid, rnd, step, num_returns=2)
+            g, smeta = backend.server(self.server_role.copy_step, cid, up, num_returns=2)
+            return cid, meta, smeta, backend.client(worker[cid], self.client_role.backward, cid, g)
 
         steps = split_steps(self, active, send)
-        uploads = {c: backend.client(worker[c], "upload", c) for c in active}
-        losses = charge_split_steps(
-            backend.get(steps), clock, ledger, records, "grad_down", lambda _, srv: srv["grad_bytes"], backward=True
-        )
+        uploads = {c: backend.client(worker[c], self.client_role.upload, c) for c in active}
+        losses = charge_split_steps(backend.get(steps), channel, records, lambda _, srv: srv["grad"], backward=True)
         for cid in active:
-            ledger.charge("model_up", cid, client_bytes)
+            channel.up(cid, client_part)
         kept = self.barrier(clock, active, backend, worker)
-        ledger.charge("model_up", SERVER_LINK, server_bytes, count=len(kept))  # only the kept copies travel
+        channel.up(SERVER_LINK, server_copy.times(len(kept)))  # only the kept copies travel
         weights = self.client_sizes[np.array(kept, dtype=np.int64)]
-        backend.get(backend.server("finish", kept, weights, *[uploads[c] for c in kept]))
+        backend.get(backend.server(self.server_role.finish, kept, weights, *[uploads[c] for c in kept]))
         kept_set = set(kept)
         loss = RoundResult.mean([v for c, v in losses if c in kept_set])
         return RoundResult(loss, sum(records[c].samples for c in kept), list(records.values()))

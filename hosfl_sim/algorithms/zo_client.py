@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from hosfl_sim.algorithms.base import ClientRole, TaskSpec
+from hosfl_sim.algorithms.roles import ClientRole
+from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.models import freeze_batchnorm, trainable_parameters
 from hosfl_sim.zo import ZOUpdater, perturb_
 from hosfl_sim.zo.perturb import set_perturbed_, stacked_perturbations

@@ -29,22 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from hosfl_sim.algorithms.base import (
-    Backend,
-    ClientRecord,
-    ClientRole,
-    SeedBasedAlgorithm,
-    ServerRole,
-    TaskSpec,
-    sample_batch,
-    tensor,
-    to_tensors,
-)
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
 from hosfl_sim.algorithms.fedavg import whole_model_flops
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
-from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Scalars
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import ZOUpdater, perturb_, perturbed_copies
 
@@ -90,7 +84,12 @@ class ZOFLClient(ClientRole):
                 plus, minus = self.loss_at(x, y, int(seed), mu), self.loss_at(x, y, int(seed), -mu)
                 s[i] = (plus - minus) / 2.0
                 losses.append(0.5 * (plus + minus))
-        meta = {"loss": float(np.mean(losses)), "samples": len(labels), "compute_s": t.seconds}
+        meta = {
+            "loss": float(np.mean(losses)),
+            "samples": len(labels),
+            "compute_s": t.seconds,
+            "scalars": Scalars.of(s),
+        }
         return s, {**meta, "flops": 2 * len(seeds) * whole_model_flops(self, x)}
 
     def probes(self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray) -> tuple[list, list]:
@@ -134,29 +133,28 @@ class ZOFL(SeedBasedAlgorithm):
         records: dict[int, ClientRecord],
         losses: list[float],
         backend: Backend,
-        ledger: Ledger,
+        channel: Channel,
     ) -> list[int]:
-        cfg, clock = self.cfg, ledger.clock
-        seeds, active = self.open_step(rnd, step, active, ledger)
+        clock = channel.clock
+        seeds, active = self.open_step(rnd, step, active, channel)
         if not active:
             return active
         groups = by_worker(active, worker)
         calls = {
-            w: backend.client(w, "probes", self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
+            w: backend.client(w, self.client_role.probes, self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
             for w, cs in groups.items()
         }
         scalars = [calls[w][0] for w in groups]
 
         def submit(kept: list[int]) -> Any:  # the aggregate
-            return backend.server("aggregate", seeds, make_plan(kept, groups), *scalars)
+            return backend.server(self.server_role.aggregate, seeds, make_plan(kept, groups), *scalars)
 
         def charge() -> dict[int, dict]:
             metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
             for cid in active:
                 m = metas[cid]
-                if clock is not None:
-                    clock.client_compute(cid, m["flops"])
-                ledger.charge("scalar_up", cid, 4 * cfg.perturbations)  # float32 s in R^P
+                clock.client_compute(cid, m["flops"])
+                channel.up(cid, m["scalars"])
                 records[cid].compute_s += m["compute_s"]
             return metas
 
@@ -166,7 +164,7 @@ class ZOFL(SeedBasedAlgorithm):
         s_bar = backend.get(s_bar)
         for cid in active:
             m, r = metas[cid], records[cid]
-            ledger.charge("scalar_down", cid, s_bar)
+            channel.down(cid, Scalars.of(s_bar))
             r.samples += m["samples"]
             r.train_loss = m["loss"]
             losses.append(m["loss"])

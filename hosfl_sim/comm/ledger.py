@@ -1,8 +1,9 @@
 """The ledger: every byte that would cross a network, under one named category.
 
-Algorithms call `charge` at the moment a message would be sent, with the bytes of the payload
-as it would travel (numpy `nbytes`: float32 activations 4 B/value, int64 labels and uint64
-seeds 8 B each, float32 scalars 4 B). Nothing else in the simulator computes bytes.
+Algorithms send typed messages (`comm.messages`) through the round's channel; the ledger is the one
+place that turns a message into bytes, as it would travel (numpy itemsize: float32 activations
+4 B/value, int64 labels and uint64 seeds 8 B each, float32 scalars 4 B). Nothing else in the
+simulator computes bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+
+from hosfl_sim.comm.messages import Message
 
 UP, DOWN = "up", "down"
 # category -> direction, as seen from the client
@@ -42,25 +45,27 @@ class Ledger:
         self.totals: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
         self._round_client: dict[int, dict[str, int]] = defaultdict(lambda: {UP: 0, DOWN: 0})
         self.round = 0
-        self.clock = None  # the round's simulated clock (system.RoundClock), fed every transfer
 
-    def start_round(self, round_idx: int, clock=None) -> None:
+    def start_round(self, round_idx: int) -> None:
         self.round = round_idx
-        self.clock = clock
         self._round_client.clear()
 
-    def charge(self, category: str, client_id: int, payload: np.ndarray | int, count: int = 1) -> int:
-        """Charge `count` copies of `payload` (an array, or a size in bytes) to `client_id`."""
-        if category not in CATEGORIES:
+    @staticmethod
+    def price(message: Message) -> int:
+        """Bytes of a message as it would travel: its arrays' sizes times their itemsize, times its copies."""
+        per_copy = sum(
+            int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in message.arrays
+        )
+        return per_copy * message.copies
+
+    def charge(self, client_id: int, direction: str, message: Message) -> int:
+        """Charge a message sent `direction` (UP: client to server) on `client_id`'s link; returns its bytes."""
+        category = f"{message.kind}_{direction}"
+        if CATEGORIES.get(category) != direction:
             raise KeyError(f"unknown ledger category {category!r}; known: {', '.join(CATEGORIES)}")
-        nbytes = int(payload.nbytes if isinstance(payload, np.ndarray) else payload) * int(count)
+        nbytes = self.price(message)
         if nbytes < 0:
             raise ValueError(f"negative transfer of {nbytes} bytes")
-        direction = CATEGORIES[category]
-        if self.clock is not None:
-            if not self.clock.sends(client_id, direction):
-                return 0  # a client that failed mid-round sends nothing more
-            self.clock.transfer(client_id, direction, nbytes)
         self.totals[category] += nbytes
         self._round_client[int(client_id)][direction] += nbytes
         return nbytes

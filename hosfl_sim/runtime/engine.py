@@ -28,8 +28,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from hosfl_sim.algorithms import ALGORITHMS, TaskSpec, get_algorithm
-from hosfl_sim.algorithms.base import RoundResult, count_flops, to_tensors
+from hosfl_sim.algorithms.base import RoundResult
+from hosfl_sim.algorithms.task import count_flops, to_tensors
 from hosfl_sim.comm import Ledger
+from hosfl_sim.comm.channel import Channel
 from hosfl_sim.config import ConfigError, Scenario, to_dict
 from hosfl_sim.config.identity import run_hash
 from hosfl_sim.config.schema import directory_name
@@ -172,7 +174,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop the backend's actors (and a Ray instance it started)."""
-        if self._backend is not None and hasattr(self._backend, "shutdown"):
+        if self._backend is not None:
             self._backend.shutdown()
 
     # ------------------------------------------------------------------ checks before anything is written
@@ -287,6 +289,7 @@ class Engine:
         self.checkpoint_round = state["round"] if state else None
         try:
             self.backend.setup(algo_cls, spec)
+            self.roles = (algo_cls.client_role, algo_cls.server_role)  # what the engine calls on
             algorithm = algo_cls(algo_cfg, sc.federation, seed, self.backend.num_workers, spec.partition.sizes())
             status, rounds = self._loop(algorithm, recorder, index, seed, state)
         except ServerLost as e:
@@ -345,12 +348,16 @@ class Engine:
 
     def _set_measuring(self, on: bool) -> None:
         b = self.backend
-        b.get([b.client(w, "set_measuring", on) for w in range(b.num_workers)] + [b.server("set_measuring", on)])
+        client, server = self.roles
+        b.get(
+            [b.client(w, client.set_measuring, on) for w in range(b.num_workers)] + [b.server(server.set_measuring, on)]
+        )
 
     def _pop_memory(self) -> dict:
         """{client_id or None (the server): its measured stats} for the round just run."""
         b = self.backend
-        parts = b.get([b.client(w, "pop_stats") for w in range(b.num_workers)] + [b.server("pop_stats")])
+        client, server = self.roles
+        parts = b.get([b.client(w, client.pop_stats) for w in range(b.num_workers)] + [b.server(server.pop_stats)])
         self._set_measuring(False)
         merged: dict = {}
         for part in parts:
@@ -367,17 +374,21 @@ class Engine:
         The round's start: the ledger's totals, the algorithm's round mark (O(K), no copy of the replay log)
         and, where workers can die, the server's snapshot taken as the previous round ended (or the run set up)."""
         b = self.backend
-        can_fail = getattr(b, "can_lose_workers", False)
+        can_fail = b.can_lose_workers
         start_ledger, start_algorithm = ledger.state_dict(), algorithm.round_mark()
         failed: dict[int, int] = {}
         for _ in range(MAX_ATTEMPTS):
             live = np.array([c for c in clients if int(c) not in failed], dtype=clients.dtype)
             clock = clock_for(live)
-            ledger.start_round(rnd, clock)
+            ledger.start_round(rnd)
             try:
                 if measuring:
                     self._set_measuring(True)
-                result = algorithm.run_round(rnd, live, b, ledger) if len(live) else RoundResult(float("nan"), 0)
+                result = (
+                    algorithm.run_round(rnd, live, b, Channel(ledger, clock))
+                    if len(live)
+                    else RoundResult(float("nan"), 0)
+                )
                 memory = self._pop_memory() if measuring else {}
             except WorkerLost as e:
                 lost = {
@@ -387,13 +398,14 @@ class Engine:
                 failed.update(lost)
                 ledger.load_state_dict(start_ledger)
                 algorithm.rollback(start_algorithm)  # the workers count as fresh
-                b.get(b.server("restore"))
+                b.take_later()  # calls of the abandoned attempt
+                b.get(b.server(self.roles[1].restore))
                 b.reset_workers(e.workers)
                 continue
             # One server call ends the round: the NaN/Inf check, fetched by _divergence once the round is logged,
             # and the snapshot the next round would restore (calls to the server run in the order they are made).
-            # The algorithm's unread calls are read with it, so their errors surface.
-            self._round_end = [b.server("end_round", can_fail), *algorithm.unread()]
+            # The round's calls nobody read are read with it, so their errors surface.
+            self._round_end = [b.server(self.roles[1].end_round, can_fail), *b.take_later()]
             return result, clock, failed, memory
         raise RuntimeError(f"client workers died in {MAX_ATTEMPTS} runs of round {rnd}")
 
@@ -408,10 +420,12 @@ class Engine:
         if state is not None:
             run.load_state_dict(state["engine"])
             algorithm.load_state_dict(state["algorithm"])
-            self.backend.get(self.backend.server("load_state_dict", state["server"]))
+            self.backend.get(self.backend.server(self.roles[1].load_state_dict, state["server"]))
             first = state["round"] + 1
-        if getattr(self.backend, "can_lose_workers", False):
-            self.backend.get(self.backend.server("snapshot"))  # the first round's start (later: see _run_round)
+        if self.backend.can_lose_workers:
+            self.backend.get(
+                self.backend.server(self.roles[1].snapshot)
+            )  # the first round's start (later: see _run_round)
         self._round_end: Any = _NONE_PENDING  # the round just run: its end_round call, then its unread calls
         self._deferred: Any = _NONE_PENDING  # the previous round's, when not waited for
         self._may_defer = False
@@ -472,7 +486,7 @@ class Engine:
                 "memory_overhead_s": sum(m["overhead_s"] for m in memory.values()) if measuring else None,
             }
             if rnd % fed.eval_every == 0 or last:
-                row.update(self.backend.get(self.backend.server("evaluate")))
+                row.update(self.backend.get(self.backend.server(self.roles[1].evaluate)))
                 row["best_test_acc"] = run.evaluated(row["test_acc"])
             recorder.log_round(row, client_rows)
             acc = row["test_acc"]
@@ -532,7 +546,7 @@ class Engine:
             "run_hash": run_hash(to_dict(self.scenario), index, seed),
             "engine": run.state_dict(),
             "algorithm": algorithm.state_dict(),
-            "server": self.backend.get(self.backend.server("state_dict")),
+            "server": self.backend.get(self.backend.server(self.roles[1].state_dict)),
             "recorder": recorder.position(),
         }
         save_checkpoint(recorder.dir, state)

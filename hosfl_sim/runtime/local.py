@@ -6,11 +6,14 @@ tests, debugging (`runtime.backend=local`) and as the baseline of the overhead b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from hosfl_sim.algorithms import Algorithm, TaskSpec
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm
+from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.runtime.allocator import keep_freed_memory
 
 
@@ -23,12 +26,13 @@ def _split(out: Any, num_returns: int) -> Any:
     return out
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Roles as plain objects in this process. Nothing here can die on its own, so it never raises WorkerLost."""
 
     can_lose_workers = False
 
     def __init__(self, num_workers: int, torch_threads: int | None = None):
+        super().__init__()
         self.num_workers = num_workers
         keep_freed_memory()  # as the Ray actors do: the same allocator behaviour on both backends
         if torch_threads:
@@ -42,15 +46,15 @@ class LocalBackend:
         self.workers = [algorithm.client_role(spec) for _ in range(self.num_workers)]
         self.server_role = algorithm.server_role(spec)
 
-    def reset_workers(self, dead: list[int] | None = None) -> None:
+    def reset_workers(self, dead: list[int]) -> None:
         """Every worker rebuilt fresh (the contract of the Ray backend after a worker died)."""
         algorithm, spec = self._setup
         self.workers = [algorithm.client_role(spec) for _ in range(self.num_workers)]
 
-    def client(self, worker: int, method: str, *args: Any, num_returns: int = 1) -> Any:
+    def client(self, worker: int, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return _split(self.workers[worker].invoke(method, *args), num_returns)
 
-    def server(self, method: str, *args: Any, num_returns: int = 1) -> Any:
+    def server(self, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return _split(self.server_role.invoke(method, *args), num_returns)
 
     def get(self, futures: Any) -> Any:

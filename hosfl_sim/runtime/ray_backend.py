@@ -28,11 +28,14 @@ import dataclasses
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
-from hosfl_sim.algorithms import Algorithm, TaskSpec
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import Algorithm
+from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.config import ConfigError, RuntimeConfig
 from hosfl_sim.runtime.allocator import keep_freed_memory
 from hosfl_sim.runtime.cluster import check_resources
@@ -58,7 +61,7 @@ class RoleHost:
         self.role = role_cls(dataclasses.replace(spec, device=device))
         return os.getpid()
 
-    def call(self, method: str, *args: Any) -> Any:
+    def call(self, method: Callable[..., Any], *args: Any) -> Any:
         return self.role.invoke(method, *args)
 
     def pid(self) -> int:
@@ -88,13 +91,14 @@ def init_ray(cfg: RuntimeConfig) -> bool:
     return True
 
 
-class RayBackend:
+class RayBackend(Backend):
     """W ClientWorker actors and one ServerActor, reused across runs; `get` turns an actor's death into
     WorkerLost or ServerLost. `shutdown` kills them, and the Ray instance if this backend started it."""
 
     can_lose_workers = True
 
     def __init__(self, cfg: RuntimeConfig):
+        super().__init__()
         self.started_ray = init_ray(cfg)
         try:
             check_resources(cfg, dict(ray.cluster_resources()))  # Ray would wait for missing ones without a word
@@ -135,10 +139,10 @@ class RayBackend:
             self.workers[w] = self._new_worker()
         self.get([w.setup.remote(algorithm.client_role, ref) for w in self.workers])
 
-    def client(self, worker: int, method: str, *args: Any, num_returns: int = 1) -> Any:
+    def client(self, worker: int, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return self.workers[worker].call.options(num_returns=num_returns).remote(method, *args)
 
-    def server(self, method: str, *args: Any, num_returns: int = 1) -> Any:
+    def server(self, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return self.server_actor.call.options(num_returns=num_returns).remote(method, *args)
 
     def _lost(self) -> RuntimeError | None:

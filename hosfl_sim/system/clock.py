@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hosfl_sim.config.schema import SystemConfig
-from hosfl_sim.system.profiles import DeviceProfiles
+from hosfl_sim.system.profiles import DeviceProfiles, build_profiles
 
 COMPLETED, STRAGGLER, FAILED = "completed", "straggler_dropped", "failed"
 
@@ -139,3 +139,10 @@ class RoundClock:
 
     def record(self, client_id: int) -> ClientTime:
         return self.clients[int(client_id)]
+
+
+def sync_clock(clients: np.ndarray, num_clients: int) -> RoundClock:
+    """A sync round on the default device profiles with nobody failing: for driving an algorithm round by round
+    outside the engine (the engine builds each round's clock from the scenario)."""
+    cfg = SystemConfig()
+    return RoundClock(clients, build_profiles(cfg, num_clients, 0), cfg)
