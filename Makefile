@@ -34,8 +34,8 @@ plots: $(STAMP)  ## make plots RUNS=runs/quickstart
 	$(VENV)/bin/hosfl-sim plot $(RUNS)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check hosfl_sim tests bench
-	$(VENV)/bin/ruff format --check hosfl_sim tests bench
+	$(VENV)/bin/ruff check hosfl_sim tests bench examples
+	$(VENV)/bin/ruff format --check hosfl_sim tests bench examples
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
@@ -49,11 +49,11 @@ bench: $(STAMP)  ## the performance targets as printed ratios (README, Performan
 	$(PY) -m bench.recorder
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hosfl_sim tests bench
+	$(VENV)/bin/ruff check hosfl_sim tests bench examples
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format hosfl_sim tests bench
-	$(VENV)/bin/ruff check --fix hosfl_sim tests bench
+	$(VENV)/bin/ruff format hosfl_sim tests bench examples
+	$(VENV)/bin/ruff check --fix hosfl_sim tests bench examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -124,9 +124,11 @@ def _print_summary(out: Path, target: float | None = None) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.algorithms:
         from hosfl_sim.algorithms import ALGORITHMS
+        from hosfl_sim.algorithms.registry import load_plugins
 
+        load_plugins()  # the algorithms other installed packages add
         width = max(len(n) for n in ALGORITHMS)
-        for name, cls in ALGORITHMS.items():
+        for name, cls in sorted(ALGORITHMS.items()):
             print(f"{name:<{width}}  {cls.summary}")
         return 0
     files = sorted(SCENARIO_DIR.glob("*.yaml"))

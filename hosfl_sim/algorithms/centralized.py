@@ -22,6 +22,7 @@ import torch
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.fedavg import whole_model_flops
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.task import TaskSpec, tensor, to_tensors
 from hosfl_sim.comm.channel import Channel
@@ -94,6 +95,7 @@ class CentralizedServer(GlobalBatchServer):
         return 3  # backward ~ 2x forward
 
 
+@register
 class Centralized(Algorithm):
     name = "centralized"
     summary = (

@@ -21,6 +21,7 @@ import torch
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, load_numpy, shared_state, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, count_flops, local_steps_for, sample_batch, tensor, to_tensors
@@ -89,6 +90,7 @@ class FedAvgServer(ServerRole):
         average_into(self.model, list(states), weights)
 
 
+@register
 class FedAvg(Algorithm):
     name = "fedavg"
     summary = (

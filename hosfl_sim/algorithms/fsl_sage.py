@@ -40,6 +40,7 @@ from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, load_numpy, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.comm.channel import Channel
@@ -150,6 +151,7 @@ class FSLSAGEServer(SFLServer):
             average_into(self.aux, [u["aux"] for u in uploads], weights)
 
 
+@register
 class FSLSAGE(Algorithm):
     name = "fsl_sage"
     summary = (

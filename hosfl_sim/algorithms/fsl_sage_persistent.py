@@ -34,6 +34,7 @@ from torch import nn
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.fsl_sage import estimated_grad
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
 from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.algorithms.task import TaskSpec, local_steps_for, sample_batch, tensor, to_tensors
@@ -222,6 +223,7 @@ class FSLSAGEPersistentServer(SFLServer):
             self.aux_states[cid]["model"] = {**model, **{k: tensor(v, self.device) for k, v in up["aux"].items()}}
 
 
+@register
 class FSLSAGEPersistent(Algorithm):
     name = "fsl_sage_persistent"
     summary = (

@@ -25,6 +25,7 @@ import torch
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
@@ -124,6 +125,7 @@ class HOSFLServer(ServerRole):
         self.client_updater.apply(seeds, v_bar, self.spec.algorithm.mu)
 
 
+@register
 class HOSFL(SeedBasedAlgorithm):
     name = "hosfl"
     summary = (

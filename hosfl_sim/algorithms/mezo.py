@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hosfl_sim.algorithms.centralized import Centralized, GlobalBatchServer
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.models import JoinedModel
@@ -62,6 +63,7 @@ class MeZOServer(GlobalBatchServer):
         return 2 * self.spec.algorithm.perturbations  # l+ and l- per direction; the update does no forward
 
 
+@register
 class MeZO(Centralized):  # the same round: the server trains on the round's global mini-batches
     name = "mezo"
     summary = (

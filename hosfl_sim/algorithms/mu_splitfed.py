@@ -40,6 +40,7 @@ from torch.func import functional_call
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, split_steps, to_numpy
 from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK, begin_copies_round
@@ -186,6 +187,7 @@ class MUSplitFedServer(ServerRole):
         self.copies.clear()
 
 
+@register
 class MUSplitFed(Algorithm):
     name = "mu_splitfed"
     summary = (

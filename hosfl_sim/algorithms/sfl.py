@@ -18,6 +18,7 @@ from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor
 from hosfl_sim.comm.channel import Channel
@@ -178,6 +179,7 @@ class SFLServer(ServerRole):
         average_into(self.client, list(states), weights)
 
 
+@register
 class SFL(Algorithm):
     name = "sfl"
     summary = (

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
@@ -99,6 +100,7 @@ class SFLZOServer(ServerRole):
         return s_bar
 
 
+@register
 class SFLZO(SeedBasedAlgorithm):
     name = "sfl_zo"
     summary = (

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hosfl_sim.algorithms.mu_splitfed import CLIENT_SIDE, SERVER_SIDE, MUSplitFed, MUSplitFedClient, MUSplitFedServer
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.task import sample_batch, tensor, to_tensors
 from hosfl_sim.comm.messages import Activations, Labels, Scalars
 from hosfl_sim.zo import derive_seeds
@@ -77,6 +78,7 @@ class SFLZOV1Server(MUSplitFedServer):
         return s, {"loss": float(np.mean(losses)), "scalars": Scalars.of(s), "flops": flops}
 
 
+@register
 class SFLZOV1(MUSplitFed):
     name = "sfl_zo_v1"
     summary = (

@@ -36,6 +36,7 @@ from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import (
     SFLClient,
     SFLServer,
@@ -110,6 +111,7 @@ class SplitFedV1Server(SFLServer):
         self.copies.clear()
 
 
+@register
 class SplitFedV1(Algorithm):
     name = "splitfed_v1"
     summary = (

@@ -32,6 +32,7 @@ from torch.func import functional_call
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
 from hosfl_sim.algorithms.fedavg import whole_model_flops
+from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
@@ -114,6 +115,7 @@ class ZOFLServer(ServerRole):
         return s_bar
 
 
+@register
 class ZOFL(SeedBasedAlgorithm):
     name = "zo_fl"
     summary = (
