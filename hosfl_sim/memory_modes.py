@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from hosfl_sim.algorithms.centralized import CentralizedServer
 from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
-from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors, to_wire
 from hosfl_sim.config import AlgorithmConfig, Scenario
 from hosfl_sim.memory.meter import MemoryMeter, slowdown
 from hosfl_sim.memory.static import static_bytes
@@ -97,7 +97,7 @@ def cut_gradient(spec: TaskSpec, client_id: int) -> np.ndarray:
     a.requires_grad_(True)
     logits = split.server(a, **to_tensors({k: feats[k] for k in split.side_keys}, "cpu"))
     F.cross_entropy(logits.float(), torch.from_numpy(labels)).backward()
-    return a.grad.numpy()
+    return to_wire(a.grad)
 
 
 def warm_up(spec: TaskSpec) -> None:

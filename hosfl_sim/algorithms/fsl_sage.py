@@ -42,7 +42,7 @@ from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, load_numpy, to_numpy
-from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import CutGrad, Weights
 
@@ -102,7 +102,7 @@ class FSLSAGEClient(SFLClient):
             self.backward(client_id, g)
             _, labels = sample_batch(self.spec, client_id, rnd, step)
             head, opt, buffer = self.aux[client_id]
-            buffer.insert(0, (a, tensor(labels, self.device), tensor(g, self.device, torch.float32)))
+            buffer.insert(0, (a, tensor(labels, self.device), from_wire(g, self.device, torch.float32)))
             del buffer[cfg.aux_buffer :]
             for _ in range(cfg.aux_passes):
                 for a_i, y_i, g_i in buffer:

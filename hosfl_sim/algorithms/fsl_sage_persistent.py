@@ -37,7 +37,7 @@ from hosfl_sim.algorithms.fsl_sage import estimated_grad
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
 from hosfl_sim.algorithms.state import bookkeeping
-from hosfl_sim.algorithms.task import TaskSpec, local_steps_for, sample_batch, tensor, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, local_steps_for, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels, Weights
 from hosfl_sim.config import ConfigError
@@ -125,7 +125,7 @@ class FSLSAGEPersistentClient(SFLClient):
                 opt.zero_grad(set_to_none=True)
                 a = model(**x)  # (B, C, H, W) with graph
                 if step % cfg.align_every == 0:
-                    uploads.append({"a": a.detach().cpu().numpy(), "y": labels})
+                    uploads.append({"a": to_wire(a), "y": labels})
                 g_hat, loss = estimated_grad(aux, a, y)
                 a.backward(g_hat.to(a.dtype))
                 opt.step()
@@ -202,7 +202,7 @@ class FSLSAGEPersistentServer(SFLServer):
         cfg, state = self.spec.algorithm, self.aux_states[client_id]
         losses, flops = [], 0
         for up in uploads:
-            a, y = tensor(up["a"], self.device), tensor(up["y"], self.device)
+            a, y = from_wire(up["a"], self.device, self.spec.dtype), tensor(up["y"], self.device)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss(self.server(a), y)
             loss.backward()
@@ -220,7 +220,8 @@ class FSLSAGEPersistentServer(SFLServer):
             self.fedavg(weights, *[u["client"] for u in uploads])
         for cid, up in zip(client_ids, uploads):
             model = self.aux_states[cid]["model"]
-            self.aux_states[cid]["model"] = {**model, **{k: tensor(v, self.device) for k, v in up["aux"].items()}}
+            sent = {k: from_wire(v, self.device, model[k].dtype) for k, v in up["aux"].items()}
+            self.aux_states[cid]["model"] = {**model, **sent}
 
 
 @register

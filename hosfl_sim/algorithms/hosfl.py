@@ -29,7 +29,7 @@ from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
-from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_wire
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, CutGrad, Labels, Scalars
@@ -49,7 +49,7 @@ class HOSFLClient(ZOClient):
             x = self.client_inputs(feats)
             a = self.forward_at(x)  # (B, ...) smashed data
             self.pending[client_id] = (x, a)
-            upload = {"a": a.cpu().numpy(), "side": self.side_inputs(feats), "y": labels}
+            upload = {"a": to_wire(a), "side": self.side_inputs(feats), "y": labels}
         meta = {
             "act": Activations.of(upload["a"], upload["side"]),
             "grad": CutGrad.of(upload["a"]),  # g has a's shape and dtype
@@ -64,7 +64,7 @@ class HOSFLClient(ZOClient):
     def probe(self, client_id: int, seeds: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, dict]:
         with self.work(client_id) as t:
             x, a = self.pending.pop(client_id)
-            g_t = tensor(g, self.device, a.dtype).flatten()
+            g_t = from_wire(g, self.device, a.dtype).flatten()
             v = np.empty(len(seeds), dtype=np.float32)
             mu = self.spec.algorithm.mu
             for i, out in enumerate(self.probe_outputs(x, seeds, mu)):
@@ -101,12 +101,12 @@ class HOSFLServer(ServerRole):
         self.optimizer.zero_grad(set_to_none=True)
         grads, losses, flops = [], [], 0
         for up in uploads:
-            a = tensor(up["a"], self.device).requires_grad_(True)
+            a = from_wire(up["a"], self.device, self.spec.dtype).requires_grad_(True)
             y = tensor(up["y"], self.device)
             flops += 3 * self.forward_flops(a, up["side"])  # forward + backward (~2x forward)
             loss = self.loss(self.server_forward(a, up["side"]), y)
             loss.backward(torch.full_like(loss, weight))
-            grads.append(a.grad.cpu().numpy())  # weight x dl_k/da_k, same shape and dtype as a
+            grads.append(to_wire(a.grad))  # weight x dl_k/da_k, same shape and dtype as a
             losses.append(loss.item())
         # the parameter gradient is now weight x sum_k dl_k/dtheta: scale it to (1/K or 1/K^2) x the sum
         divisor = k if cfg.server_grad_scale == "1/K^2" else 1

@@ -44,7 +44,7 @@ from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, split_steps, to_numpy
 from hosfl_sim.algorithms.splitfed_v1 import SERVER_LINK, begin_copies_round
-from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels, Scalars, Weights
@@ -117,7 +117,7 @@ class MUSplitFedClient(ClientRole):
             a = part.forward_at(cfg, None, 0.0, **x)  # (B, ...) anchor for the server's own steps
             a_plus = part.forward_at(cfg, seed, cfg.mu, **x)
             a_minus = part.forward_at(cfg, seed, -cfg.mu, **x)
-            acts = np.stack([v.cpu().numpy() for v in (a, a_plus, a_minus)])  # (3, B, ...)
+            acts = np.stack([to_wire(v) for v in (a, a_plus, a_minus)])  # (3, B, ...)
             upload = {"a": acts, "side": self.side_inputs(feats), "y": labels}
         meta = {
             "act": Activations.of(upload["a"], [upload["side"]] * 3),  # (3, B, ...): a, a+, a-, each with its side
@@ -163,7 +163,7 @@ class MUSplitFedServer(ServerRole):
         """server_steps zeroth-order steps of copy k on the anchor, then the client's loss difference (one float32)."""
         cfg = self.spec.algorithm
         part = self.copies[client_id]
-        a0, a_plus, a_minus = (tensor(a, self.device) for a in upload["a"])  # each (B, ...)
+        a0, a_plus, a_minus = (from_wire(a, self.device, self.spec.dtype) for a in upload["a"])  # each (B, ...)
         y = tensor(upload["y"], self.device)
         side = to_tensors(upload["side"], self.device)
         seeds = derive_seeds(self.spec.seed, rnd, step, cfg.server_steps, stream=2 * client_id + SERVER_SIDE)

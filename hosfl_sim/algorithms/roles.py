@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hosfl_sim.algorithms.state import Measured, RoleState, bookkeeping
-from hosfl_sim.algorithms.task import TaskSpec, count_flops, shape_key, tensor, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, count_flops, shape_key, tensor, to_tensors, to_wire
 from hosfl_sim.memory import static_bytes
 from hosfl_sim.zo import make_optimizer
 
@@ -142,4 +142,4 @@ class ServerRole(Role):
 
     @bookkeeping
     def client_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.client.state_dict().items()}
+        return {k: to_wire(v).copy() for k, v in self.client.state_dict().items()}

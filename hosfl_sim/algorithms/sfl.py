@@ -20,7 +20,7 @@ from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
-from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_wire
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, CutGrad, Labels, Message, Weights
 from hosfl_sim.zo import make_optimizer
@@ -37,30 +37,32 @@ def shared_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+    """A state as it travels (`to_wire`), copied: the module may change after."""
+    return {k: to_wire(v).copy() for k, v in state.items()}
 
 
 def load_numpy(module: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Arrays as `to_numpy` sends them (or any float array) into `module`, each in its own entry's dtype."""
     with torch.no_grad():
         own = module.state_dict()
         for k, v in state.items():
-            own[k].copy_(tensor(v, own[k].device))
+            own[k].copy_(from_wire(v, own[k].device, own[k].dtype))
 
 
 def average_into(
     module: nn.Module, states: list[dict[str, np.ndarray]], weights: np.ndarray, global_lr: float = 1.0
 ) -> None:
-    """theta <- theta + global_lr * (sum_k w_k theta_k / sum_k w_k - theta) for the keys of `states`, in float64.
-    With global_lr = 1 this is FedAvg: the weighted mean replaces theta."""
+    """theta <- theta + global_lr * (sum_k w_k theta_k / sum_k w_k - theta) for the keys of `states`, in float64,
+    stored back in each entry's dtype. With global_lr = 1 this is FedAvg: the weighted mean replaces theta."""
     w = np.asarray(weights, np.float64) / np.sum(weights)
     own = module.state_dict()
     out = {}
     for key in states[0]:
-        mean = sum(wi * s[key].astype(np.float64) for wi, s in zip(w, states))
+        mean = sum(wi * from_wire(s[key], "cpu", torch.float64).numpy() for wi, s in zip(w, states))
         if global_lr != 1.0:
-            old = own[key].detach().cpu().numpy().astype(np.float64)
+            old = own[key].detach().cpu().to(torch.float64).numpy()
             mean = old + global_lr * (mean - old)
-        out[key] = mean.astype(states[0][key].dtype)
+        out[key] = mean
     load_numpy(module, out)
 
 
@@ -128,7 +130,7 @@ class SFLClient(ClientRole):
             feats, labels = sample_batch(self.spec, client_id, rnd, step)
             a = model(**self.client_inputs(feats))  # (B, ...) with graph
             self.pending[client_id] = a
-            upload = {"a": a.detach().cpu().numpy(), "side": self.side_inputs(feats), "y": labels}
+            upload = {"a": to_wire(a), "side": self.side_inputs(feats), "y": labels}
         meta = {
             "act": Activations.of(upload["a"], upload["side"]),
             "grad": CutGrad.of(upload["a"]),  # g has a's shape and dtype
@@ -144,7 +146,7 @@ class SFLClient(ClientRole):
             model, opt = self.local[client_id]
             a = self.pending.pop(client_id)
             opt.zero_grad(set_to_none=True)
-            a.backward(tensor(g, a.device, a.dtype))
+            a.backward(from_wire(g, a.device, a.dtype))
             opt.step()
         return {"compute_s": t.seconds}
 
@@ -166,14 +168,14 @@ class SFLServer(ServerRole):
         return state, Weights.of(state)
 
     def train_step(self, upload: dict) -> tuple[np.ndarray, dict]:
-        a = tensor(upload["a"], self.device).requires_grad_(True)
+        a = from_wire(upload["a"], self.device, self.spec.dtype).requires_grad_(True)
         y = tensor(upload["y"], self.device)
         self.optimizer.zero_grad(set_to_none=True)
         flops = 3 * self.forward_flops(a, upload["side"])  # forward + backward (~2x forward)
         loss = self.loss(self.server_forward(a, upload["side"]), y)
         loss.backward()
         self.optimizer.step()
-        return a.grad.cpu().numpy(), {"loss": loss.item(), "flops": flops}
+        return to_wire(a.grad), {"loss": loss.item(), "flops": flops}
 
     def fedavg(self, weights: np.ndarray, *states: dict[str, np.ndarray]) -> None:
         average_into(self.client, list(states), weights)

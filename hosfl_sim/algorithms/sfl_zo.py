@@ -24,7 +24,7 @@ from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
-from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels, Scalars
@@ -41,7 +41,7 @@ class SFLZOClient(ZOClient):
             feats, labels = sample_batch(self.spec, client_id, rnd, step)
             x = self.client_inputs(feats)
             mu = self.spec.algorithm.mu
-            acts = [self.forward_at(x, int(s), sign * mu).cpu().numpy() for s in seeds for sign in (1.0, -1.0)]
+            acts = [to_wire(self.forward_at(x, int(s), sign * mu)) for s in seeds for sign in (1.0, -1.0)]
             upload = {"a": np.stack(acts), "side": self.side_inputs(feats), "y": labels}  # (2P, B, ...)
         meta = {
             "act": Activations.of(upload["a"], [upload["side"]] * (2 * len(seeds))),  # each probe with its side
@@ -83,7 +83,7 @@ class SFLZOServer(ServerRole):
                 pair = []
                 for j, sign in enumerate((1.0, -1.0)):
                     params = perturbed_copies(base, int(seed), sign * cfg.mu, cfg.distribution)
-                    a = tensor(up["a"][2 * i + j], self.device)
+                    a = from_wire(up["a"][2 * i + j], self.device, self.spec.dtype)
                     flops += self.forward_flops(a, up["side"])
                     logits = functional_call(self.server, params, args=(a,), kwargs=side)
                     pair.append(float(self.loss(logits, y)))

@@ -23,7 +23,7 @@ import torch
 
 from hosfl_sim.algorithms.mu_splitfed import CLIENT_SIDE, SERVER_SIDE, MUSplitFed, MUSplitFedClient, MUSplitFedServer
 from hosfl_sim.algorithms.registry import register
-from hosfl_sim.algorithms.task import sample_batch, tensor, to_tensors
+from hosfl_sim.algorithms.task import from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.comm.messages import Activations, Labels, Scalars
 from hosfl_sim.zo import derive_seeds
 
@@ -39,7 +39,7 @@ class SFLZOV1Client(MUSplitFedClient):
             feats, labels = sample_batch(self.spec, client_id, rnd, step)
             x = self.client_inputs(feats)
             outs = [part.forward_at(cfg, int(s), sign * cfg.mu, **x) for s in seeds for sign in (1, -1)]
-            acts = np.stack([v.cpu().numpy() for v in outs])  # (2P, B, ...): a_1+, a_1-, a_2+, ...
+            acts = np.stack([to_wire(v) for v in outs])  # (2P, B, ...): a_1+, a_1-, a_2+, ...
             upload = {"a": acts, "side": self.side_inputs(feats), "y": labels}
         meta = {
             "act": Activations.of(upload["a"], [upload["side"]] * len(outs)),
@@ -63,7 +63,7 @@ class SFLZOV1Server(MUSplitFedServer):
         """The P loss differences on copy k, its step, and the differences for the client (P float32)."""
         cfg = self.spec.algorithm
         part = self.copies[client_id]
-        acts = [tensor(a, self.device) for a in upload["a"]]  # 2P x (B, ...)
+        acts = [from_wire(a, self.device, self.spec.dtype) for a in upload["a"]]  # 2P x (B, ...)
         y = tensor(upload["y"], self.device)
         side = to_tensors(upload["side"], self.device)
         seeds = derive_seeds(self.spec.seed, rnd, step, cfg.perturbations, stream=2 * client_id + SERVER_SIDE)

@@ -46,7 +46,7 @@ from hosfl_sim.algorithms.sfl import (
     split_steps,
     to_numpy,
 )
-from hosfl_sim.algorithms.task import TaskSpec, tensor, to_tensors
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, tensor, to_tensors, to_wire
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import CutGrad, Weights
 from hosfl_sim.zo import make_optimizer
@@ -91,13 +91,13 @@ class SplitFedV1Server(SFLServer):
 
     def copy_step(self, client_id: int, upload: dict) -> tuple[np.ndarray, dict]:
         model, opt = self.copies[client_id]
-        a = tensor(upload["a"], self.device).requires_grad_(True)  # (B, ...) smashed data
+        a = from_wire(upload["a"], self.device, self.spec.dtype).requires_grad_(True)  # (B, ...) smashed data
         y = tensor(upload["y"], self.device)
         opt.zero_grad(set_to_none=True)
         loss = self.loss(model(a, **to_tensors(upload["side"], self.device)), y)
         loss.backward()
         opt.step()
-        g = a.grad.cpu().numpy()  # dl/da, a's shape
+        g = to_wire(a.grad)  # dl/da, a's shape
         flops = 3 * self.forward_flops(a, upload["side"])  # the copy has the global part's shapes; backward ~ 2x
         return g, {"loss": loss.item(), "grad": CutGrad.of(g), "flops": flops}
 

@@ -31,12 +31,36 @@ class TaskSpec:
         sample = {k: v[:1] for k, v in self.train.features.items()}
         return build_split_model(self.model, sample, self.num_classes, self.seed)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's floating-point dtype (`task.model.dtype`): what its parameters and activations are in."""
+        return getattr(torch, self.model.dtype)
+
 
 def tensor(array: np.ndarray, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A tensor from a received array (object-store arrays are read-only: copy those)."""
     if not array.flags.writeable:
         array = array.copy()
     return torch.from_numpy(np.ascontiguousarray(array)).to(device, dtype)
+
+
+def to_wire(t: torch.Tensor) -> np.ndarray:
+    """A tensor as it travels between roles: a numpy array of its values, 4 bytes each for float32. numpy has no
+    bfloat16, so a bfloat16 tensor travels as its raw bits, a uint16 array (2 bytes a value, as on a real wire;
+    the ledger prices arrays by itemsize). Shares memory with a CPU tensor: copy it if the tensor will change."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def from_wire(array: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor `to_wire` sent, in `dtype` (the receiver's: its model's dtype, or the parameter it loads into).
+    A uint16 array is bfloat16 bits (no other tensor travels as uint16), read back bit-exactly."""
+    if array.dtype == np.uint16:
+        bits = tensor(array.view(np.int16), device, torch.int16)
+        return bits.view(torch.bfloat16).to(dtype)
+    return tensor(array, device, dtype)
 
 
 def to_tensors(features: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from hosfl_sim.algorithms.roles import ClientRole
-from hosfl_sim.algorithms.task import TaskSpec
+from hosfl_sim.algorithms.task import TaskSpec, to_wire
 from hosfl_sim.models import freeze_batchnorm, trainable_parameters
 from hosfl_sim.zo import ZOUpdater, perturb_
 from hosfl_sim.zo.perturb import set_perturbed_, stacked_perturbations
@@ -123,4 +123,4 @@ class ZOClient(ClientRole):
             yield from outs.unbind(0)
 
     def client_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+        return {k: to_wire(v).copy() for k, v in self.model.state_dict().items()}

@@ -8,6 +8,7 @@ state is left untouched.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -139,6 +140,11 @@ def build_split_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         split = entry.builder(cfg, sample_features, num_classes, seed)
+    dtype = getattr(torch, cfg.dtype)
+    if dtype != torch.float32:  # both parts in `cfg.dtype`, taking their float inputs (images) in it too
+        for part in (split.client, split.server):
+            part.to(dtype)
+            part.register_forward_pre_hook(functools.partial(_float_inputs_to, dtype), with_kwargs=True)
     if cfg.freeze_bn_affine:
         for part in (split.client, split.server):
             for m in part.modules():
@@ -149,6 +155,15 @@ def build_split_model(
 
 
 # ----------------------------------------------------------------------------- parts
+
+
+def _float_inputs_to(dtype: torch.dtype, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A forward pre-hook: floating-point inputs cast to the part's dtype (integer ones, ids and masks, untouched)."""
+
+    def cast(v: object) -> object:
+        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    return tuple(cast(v) for v in args), {k: cast(v) for k, v in kwargs.items()}
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
