@@ -57,6 +57,7 @@ class FrozenClientSL(Algorithm):
     summary = "Frozen client part, server trained first-order; up: activations, labels; down: nothing"
     client_role = FrozenClient
     server_role = HeadServer
+    options = frozenset({"server_optimizer"})  # the fields of its section it reads, besides the common ones
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}

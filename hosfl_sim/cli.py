@@ -130,6 +130,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         width = max(len(n) for n in ALGORITHMS)
         for name, cls in sorted(ALGORITHMS.items()):
             print(f"{name:<{width}}  {cls.summary}")
+            print(f"{'':<{width}}  fields: {', '.join(sorted(cls.options)) or '-'}")
         return 0
     files = sorted(SCENARIO_DIR.glob("*.yaml"))
     width = max((len(f.stem) for f in files), default=0)

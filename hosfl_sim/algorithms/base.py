@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +32,13 @@ from hosfl_sim.config import AlgorithmConfig, FederationConfig
 from hosfl_sim.models import SplitModel
 from hosfl_sim.system.clock import RoundClock
 from hosfl_sim.zo import derive_seeds
+
+# What every algorithm reads of its section (the engine reads these too).
+COMMON_FIELDS = frozenset({"name", "label", "local_steps", "local_epochs"})
+
+
+def _default(f: Field) -> Any:
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 @dataclass
@@ -69,6 +76,9 @@ class Algorithm(ABC):
     supports_policies: ClassVar[bool] = False
     # Whether it runs `local_epochs` (per client: ceil(partition size / batch) x epochs mini-batches a round).
     supports_epochs: ClassVar[bool] = False
+    # The fields of its `algorithms[i]` section it reads besides the common ones (COMMON_FIELDS); the others
+    # cannot be set on it (`unread_fields`), so a setting meant for another method is never silently ignored.
+    options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, cfg: AlgorithmConfig, federation: FederationConfig, seed: int, num_workers: int, client_sizes: np.ndarray
@@ -123,6 +133,12 @@ class Algorithm(ABC):
                 target.rollback(value)
             else:
                 target.bit_generator.state = copy.deepcopy(value)
+
+    @classmethod
+    def unread_fields(cls, cfg: AlgorithmConfig) -> list[str]:
+        """The fields of `cfg` set away from their default that this algorithm does not read."""
+        read = COMMON_FIELDS | cls.options
+        return [f.name for f in fields(cfg) if f.name not in read and getattr(cfg, f.name) != _default(f)]
 
     @classmethod  # noqa: B027  (a no-op: most algorithms run any task)
     def check_task(cls, spec: TaskSpec, split: SplitModel, index: int) -> None:

@@ -104,6 +104,7 @@ class Centralized(Algorithm):
     )
     client_role = IdleClient
     server_role = CentralizedServer
+    options = frozenset({"server_optimizer"})
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         sizes = round_batch_sizes(self, clients)

@@ -99,6 +99,7 @@ class FedAvg(Algorithm):
     )
     client_role = FedAvgClient
     server_role = FedAvgServer
+    options = frozenset({"client_optimizer"})
     supports_policies = True
     supports_epochs = True
 

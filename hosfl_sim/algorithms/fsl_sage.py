@@ -161,6 +161,7 @@ class FSLSAGE(Algorithm):
     )
     client_role = FSLSAGEClient
     server_role = FSLSAGEServer
+    options = frozenset({"client_optimizer", "server_optimizer", "align_every", "aux_passes", "aux_lr", "aux_buffer"})
     supports_policies = True
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:

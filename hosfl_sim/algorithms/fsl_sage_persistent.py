@@ -234,6 +234,17 @@ class FSLSAGEPersistent(Algorithm):
     )
     client_role = FSLSAGEPersistentClient
     server_role = FSLSAGEPersistentServer
+    options = frozenset(
+        {
+            "client_optimizer",
+            "server_optimizer",
+            "align_every",
+            "aux_passes",
+            "aux_lr",
+            "aux_buffer_samples",
+            "aux_batch",
+        }
+    )
     supports_epochs = True
 
     @classmethod

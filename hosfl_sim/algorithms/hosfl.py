@@ -134,6 +134,18 @@ class HOSFL(SeedBasedAlgorithm):
     )
     client_role = HOSFLClient
     server_role = HOSFLServer
+    options = frozenset(
+        {
+            "client_optimizer",
+            "server_optimizer",
+            "perturbations",
+            "mu",
+            "distribution",
+            "probe",
+            "cut_grad_scale",
+            "server_grad_scale",
+        }
+    )
     supports_policies = True
     pending_update: Any = None  # the last update_client call, read with the next step's server step
 

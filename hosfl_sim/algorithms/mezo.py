@@ -71,3 +71,4 @@ class MeZO(Centralized):  # the same round: the server trains on the round's glo
         "run on the server, nothing first-order; nothing crosses a network"
     )
     server_role = MeZOServer
+    options = frozenset({"server_optimizer", "perturbations", "mu", "distribution"})

@@ -197,6 +197,9 @@ class MUSplitFed(Algorithm):
     )
     client_role = MUSplitFedClient
     server_role = MUSplitFedServer
+    options = frozenset(
+        {"client_optimizer", "server_optimizer", "mu", "distribution", "probe", "server_steps", "global_lr"}
+    )
     supports_policies = True
 
     def aggregation(self, kept: list[int]) -> tuple[np.ndarray, float]:

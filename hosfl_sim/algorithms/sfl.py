@@ -190,6 +190,7 @@ class SFL(Algorithm):
     )
     client_role = SFLClient
     server_role = SFLServer
+    options = frozenset({"client_optimizer", "server_optimizer"})
     supports_policies = True
     supports_epochs = True
 

@@ -109,6 +109,7 @@ class SFLZO(SeedBasedAlgorithm):
     )
     client_role = SFLZOClient
     server_role = SFLZOServer
+    options = frozenset({"client_optimizer", "server_optimizer", "perturbations", "mu", "distribution", "probe"})
     supports_policies = True
 
     def local_step(

@@ -88,6 +88,7 @@ class SFLZOV1(MUSplitFed):
     )
     client_role = SFLZOV1Client
     server_role = SFLZOV1Server
+    options = frozenset({"client_optimizer", "server_optimizer", "perturbations", "mu", "distribution", "probe"})
     supports_policies = True
     supports_epochs = True
 

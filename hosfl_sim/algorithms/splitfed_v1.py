@@ -121,6 +121,7 @@ class SplitFedV1(Algorithm):
     )
     client_role = SFLClient
     server_role = SplitFedV1Server
+    options = frozenset({"client_optimizer", "server_optimizer"})
     supports_policies = True
     supports_epochs = True
 

@@ -124,6 +124,7 @@ class ZOFL(SeedBasedAlgorithm):
     )
     client_role = ZOFLClient
     server_role = ZOFLServer
+    options = frozenset({"client_optimizer", "perturbations", "mu", "distribution", "probe"})
     supports_policies = True
 
     def local_step(

@@ -1,10 +1,13 @@
-"""A run's identity: the hash of what decides its numbers, computed from a resolved scenario as a dict
-(`to_dict`, or a run manifest's `scenario`). The engine checks a resume against it, sweeps skip runs by it."""
+"""A run's identity: its directory's name, and the hash of what decides its numbers, computed from a resolved
+scenario as a dict (`to_dict`, or a run manifest's `scenario`). The engine checks a resume against the hash,
+sweeps skip runs by it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+
+from hosfl_sim.config.schema import Scenario, directory_name
 
 _NOT_HASHED = ("name", "description", "output_dir", "runtime", "seeds", "algorithms")  # no effect on numbers
 
@@ -15,3 +18,8 @@ def run_hash(scenario: dict, index: int, seed: int) -> str:
     kept = {k: v for k, v in scenario.items() if k not in _NOT_HASHED}
     text = json.dumps({**kept, "algorithm": scenario["algorithms"][index], "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_label(scenario: Scenario, index: int, seed: int) -> str:
+    """The run directory's name of (algorithm `index`, seed)."""
+    return f"{directory_name(scenario.algorithms[index].display_name)}_seed{seed}"

@@ -155,7 +155,8 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """One algorithm to run. Fields an algorithm does not use are ignored by it."""
+    """One algorithm to run. Besides name, label, local_steps and local_epochs, each algorithm reads only some of
+    these fields (`hosfl-sim list --algorithms` names them); setting one it does not read is refused."""
 
     name: str = "hosfl"  # see `hosfl-sim list --algorithms`
     label: str | None = None  # how plots and tables name it (default: the algorithm's name)

@@ -1,0 +1,73 @@
+"""What a scenario asks of an algorithm and of the system, checked before anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from hosfl_sim.algorithms import ALGORITHMS, Algorithm, TaskSpec, get_algorithm
+from hosfl_sim.algorithms.task import count_flops, to_tensors
+from hosfl_sim.config import ConfigError, Scenario
+from hosfl_sim.config.schema import SystemConfig
+from hosfl_sim.models import SplitModel
+from hosfl_sim.system import Availability, build_profiles
+from hosfl_sim.system.profiles import DeviceProfiles
+
+
+def check_algorithm(scenario: Scenario, index: int, algo_cls: type[Algorithm]) -> None:
+    """The scenario asks nothing of the algorithm that it does not do: fields it does not read, round policies,
+    local epochs."""
+    system, cfg = scenario.system, scenario.algorithms[index]
+    for name in algo_cls.unread_fields(cfg):
+        reads = ", ".join(sorted(algo_cls.options)) or "none"
+        expected = f"unset for {algo_cls.name}, which does not read it (its own fields: {reads})"
+        raise ConfigError(f"algorithms[{index}].{name}", getattr(cfg, name), expected)
+    epochs = cfg.local_epochs
+    if epochs is not None and not algo_cls.supports_epochs:
+        takes = ", ".join(sorted(n for n, c in ALGORITHMS.items() if c.supports_epochs))
+        expected = f"null for {algo_cls.name} (set local_steps; local_epochs is for {takes})"
+        raise ConfigError(f"algorithms[{index}].local_epochs", epochs, expected)
+    if algo_cls.supports_policies:
+        return
+    if system.policy != "sync":
+        raise ConfigError("system.policy", system.policy, f"'sync' for {algo_cls.name} (it has no round policies)")
+    v = system.availability.mid_round_dropout
+    if v > 0:
+        raise ConfigError("system.availability.mid_round_dropout", v, f"0 for {algo_cls.name} (no mid-round drops)")
+
+
+def check_deadline(system: SystemConfig, split: SplitModel, spec: TaskSpec, profiles: DeviceProfiles) -> None:
+    """Before the server first waits (where the deadline acts) every client has at least run one forward of
+    the client part on its batch and sent one message (one latency). If even the fastest client cannot do
+    that in time, no client ever meets the deadline."""
+    x = to_tensors({k: v[:1] for k, v in spec.train.features.items() if k in split.input_keys}, "cpu")
+    flops = count_flops(split.client, **x)  # one sample; FLOPs grow linearly with the batch
+    batch = np.minimum(spec.federation.batch_size, spec.partition.sizes())
+    fastest = float(np.min(batch * flops / profiles.compute_flops + profiles.latency_s))
+    if system.deadline_s < fastest:
+        expected = f"a number >= {fastest:.3g} (the fastest client's forward and one message take that long)"
+        raise ConfigError("system.deadline_s", system.deadline_s, expected)
+
+
+def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -> None:
+    """Runtime combinations, algorithm names and what they support, then the task of every seed (loading it
+    checks the dataset, its files and the partitions), the model and its cut (built once), weights, trace files
+    and a deadline some client can meet."""
+    rt = sc.runtime
+    if rt.backend == "local":
+        for name in ("worker_num_gpus", "server_num_gpus"):
+            v = getattr(rt, name)
+            if v > 0:
+                raise ConfigError(f"runtime.{name}", v, "0 with runtime.backend 'local' (it runs on the CPU)")
+    for i, algo in enumerate(sc.algorithms):
+        check_algorithm(sc, i, get_algorithm(algo.name, f"algorithms[{i}].name"))
+    specs = specs_of_seeds()
+    split = specs[0].build_model()  # names, cut, weights, heads
+    for i, algo in enumerate(sc.algorithms):
+        get_algorithm(algo.name).check_task(specs[0], split, i)
+    for spec in specs:
+        profiles = build_profiles(sc.system, sc.federation.num_clients, spec.seed)  # trace files
+        Availability(sc.system.availability, sc.federation.num_clients, spec.seed)
+        if sc.system.policy == "deadline":
+            check_deadline(sc.system, split, spec, profiles)

@@ -1,0 +1,45 @@
+"""When a run has diverged: a non-finite loss, or a NaN or Inf anywhere in the server's tensors (its copy of the
+client part included, so a bad aggregate of scalars shows too), as a round ended.
+
+The server's answer takes a round trip, so unless the round is the run's last or a checkpoint's, it is read
+after the next round has run (by then without waiting): if it was bad, the run stops as diverged at the round
+that left it and the next one is dropped unlogged, as if the run had stopped there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.base import RoundResult
+
+_NONE = object()  # nothing pending
+
+
+class DivergenceWatch:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.ended: Any = _NONE  # the round just run: its end_round call (the check), then its unread calls
+        self.deferred: Any = _NONE  # the round before's, when not waited for
+
+    def round_ended(self, futures: list[Any]) -> None:
+        """The calls that end the round just run; the first answers the server's NaN/Inf check."""
+        self.ended = futures
+
+    def check(self, result: RoundResult, row: dict, completed: int, may_defer: bool) -> str | None:
+        """Why the run has diverged at the round just logged, or None (its server check deferred if `may_defer`)."""
+        if completed and not math.isfinite(result.train_loss):
+            return f"train_loss is {result.train_loss}"
+        if row["test_loss"] is not None and not math.isfinite(row["test_loss"]):
+            return f"test_loss is {row['test_loss']}"
+        self.deferred, self.ended = self.ended, _NONE
+        return None if may_defer else self.late()
+
+    def late(self) -> str | None:
+        """The server's NaN/Inf check of the round `check` deferred (None: none pending, or all finite)."""
+        pending, self.deferred = self.deferred, _NONE
+        if pending is _NONE:
+            return None
+        bad = self.backend.get(pending)[0]  # on the local backend, the result itself
+        return None if bad is None else f"NaN or Inf in the server's {bad}"

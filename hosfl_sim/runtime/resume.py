@@ -1,0 +1,65 @@
+"""Checkpoints of a run, and taking it up again (`--resume`): a run that ended is kept as it is, one with a
+checkpoint goes on from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hosfl_sim.config import ConfigError, Scenario, to_dict
+from hosfl_sim.config.identity import run_hash
+from hosfl_sim.record import Recorder, read_manifest
+from hosfl_sim.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+ENDED = ("completed", "diverged")  # a run that ended on its own: a resume keeps it
+
+
+@dataclass
+class RunSummary:
+    algorithm: str
+    seed: int
+    run_dir: Path
+    status: str
+    rounds: int
+    final: dict[str, Any]
+
+
+def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> RunSummary | dict | None:
+    """A run that ended (kept as is), a checkpoint to go on from, or None (start afresh)."""
+    if not (run_dir / "manifest.json").exists():
+        return None
+    manifest = read_manifest(run_dir)
+    want = run_hash(to_dict(scenario), index, seed)
+    expected = "a run directory of this scenario, algorithm and seed (its configuration differs)"
+    if run_hash(manifest["scenario"], manifest["algorithm_index"], manifest["seed"]) != want:
+        raise ConfigError("--resume", str(run_dir), expected)
+    if manifest["status"] in ENDED:
+        rounds = pd.read_parquet(run_dir / "rounds.parquet")
+        final = rounds.iloc[-1].to_dict() if len(rounds) else {}
+        return RunSummary(manifest["algorithm"], seed, run_dir, manifest["status"], len(rounds), final)
+    try:
+        state = load_checkpoint(run_dir)
+    except CheckpointError as e:
+        raise ConfigError("--resume", str(run_dir), f"a run whose checkpoint can be used ({e})") from None
+    if state is not None and state["run_hash"] != want:
+        raise ConfigError("--resume", str(run_dir), expected)
+    return state
+
+
+def save_run(
+    recorder: Recorder, scenario: Scenario, index: int, seed: int, rnd: int, engine: dict, algorithm: dict, server: dict
+) -> None:
+    """A checkpoint of the run after round `rnd`: the engine's, the algorithm's and the server's state, and where
+    the recorder stands (checkpoint.py says how it is written)."""
+    state = {
+        "round": rnd,
+        "run_hash": run_hash(to_dict(scenario), index, seed),
+        "engine": engine,
+        "algorithm": algorithm,
+        "server": server,
+        "recorder": recorder.position(),
+    }
+    save_checkpoint(recorder.dir, state)
