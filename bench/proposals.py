@@ -83,7 +83,7 @@ class ReferenceHOSFL(HOSFL):
         self.charge_probes(active, metas, {c: m for c, (_, m) in probed.items()}, scalars, records, channel)
         keep_all(active, self.barrier(channel.clock, active, backend, worker))
         v_bar = backend.get(backend.server(self.server_role.aggregate_flat, seeds, *[probes[c][0] for c in active]))
-        self.broadcast(seeds, v_bar, active, channel)
+        self.broadcast(seeds, v_bar, active, metas, records, channel)
 
 
 class PerClientHOSFL(ReferenceHOSFL):

@@ -214,3 +214,28 @@ def test_baseline_scenarios_validate(name):
         assert (partition.scheme, partition.alpha) == ("dirichlet", 1.0)
     else:
         assert partition.scheme == "iid"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in ALGORITHMS.items() if c.supports_policies))
+def test_the_sample_budget_counts_the_samples_of_the_clients_a_round_kept(tmp_path, name):
+    """Under deadline drops and mid-round failures, a round adds to samples_seen (what budget_samples counts)
+    exactly the samples of the clients that completed it, whatever the algorithm."""
+    from tests.golden.make_golden import scenario
+
+    algo = {"name": name, "perturbations": 2} if "perturbations" in ALGORITHMS[name].options else {"name": name}
+    sc = {**scenario("deadline"), "algorithms": [algo]}  # one local step: kept for the step is kept for the round
+    sync = {**sc["system"], "policy": "sync"}
+    (summary,) = Engine(load_scenario({**sc, "system": sync}), progress=False).run_all(tmp_path / "sync")
+    finish = pd.read_parquet(summary.run_dir / "clients.parquet").query("status == 'completed'")["finish_s"]
+    for q in (0.5, 0.25, 0.1):  # a deadline some clients miss (the barriers come before a client's finish)
+        deadline = {**sc["system"], "deadline_s": float(finish.quantile(q))}
+        out = tmp_path / f"deadline_{q}"
+        (summary,) = Engine(load_scenario({**sc, "system": deadline}), progress=False).run_all(out)
+        rounds = pd.read_parquet(summary.run_dir / "rounds.parquet")
+        clients = pd.read_parquet(summary.run_dir / "clients.parquet")
+        if (clients["status"] == "straggler_dropped").any():
+            break
+    assert (clients["status"] == "straggler_dropped").any() and (clients["status"] == "completed").any()
+    kept = clients[clients["status"] == "completed"].groupby("round")["samples"].sum()
+    added = rounds.set_index("round")["samples_seen"].diff().fillna(rounds["samples_seen"].iloc[0])
+    assert added.tolist() == kept.reindex(added.index, fill_value=0).tolist()

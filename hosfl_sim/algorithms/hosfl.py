@@ -212,19 +212,18 @@ class HOSFL(SeedBasedAlgorithm):
         # being waited for (calls to it run in order, so before anything that reads that copy).
         v_bar = mean_scalars([scalars[c] for c in active])
         self.pending_update = backend.later(backend.server(self.server_role.update_client, seeds, v_bar))
-        self.broadcast(seeds, v_bar, active, channel)
+        self.broadcast(seeds, v_bar, active, metas, records, channel)
         return active
 
     # The accounting of a step, message by message (shared with the benchmark routings of bench/proposals.py):
     def charge_server_step(
         self, active: list[int], metas: dict, server_meta: dict, records: dict, losses: list[float], channel: Channel
     ) -> None:
-        """The server's step on the clock; each client's cut gradient down, its loss and its samples."""
+        """The server's step on the clock; each client's cut gradient down and its loss."""
         channel.clock.server_batch(active, server_meta["flops"])
         for cid, loss in zip(active, server_meta["losses"]):
             channel.down(cid, metas[cid]["grad"])
             records[cid].train_loss = loss
-            records[cid].samples += metas[cid]["samples"]
         losses.extend(server_meta["losses"])
 
     def charge_probes(
@@ -237,9 +236,12 @@ class HOSFL(SeedBasedAlgorithm):
             channel.up(cid, Scalars.of(scalars[cid]))
             records[cid].compute_s += probe_metas[cid]["compute_s"]
 
-    def broadcast(self, seeds: np.ndarray, v_bar: np.ndarray, active: list[int], channel: Channel) -> None:
-        """(seeds, v_bar) down to the step's clients, and into the log."""
+    def broadcast(
+        self, seeds: np.ndarray, v_bar: np.ndarray, active: list[int], metas: dict, records: dict, channel: Channel
+    ) -> None:
+        """(seeds, v_bar) down to the step's clients, and into the log; their samples reached the model."""
         for cid in active:
             channel.down(cid, Scalars.of(v_bar))
+            records[cid].samples += metas[cid]["samples"]
         self.log.append(seeds, v_bar)
         self.log.mark_seen(np.array(active))

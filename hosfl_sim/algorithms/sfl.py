@@ -215,12 +215,12 @@ class SFL(Algorithm):
         steps = split_steps(self, active, send)
         uploads = {c: backend.client(worker[c], self.client_role.upload, c) for c in active}
         step_losses = charge_split_steps(backend.get(steps), channel, records, lambda m, _: m["grad"], backward=True)
-        losses = [loss for _, loss in step_losses]
-        samples = sum(records[c].samples for c in active)
         for cid in active:
             channel.up(cid, weights)
         kept = self.barrier(clock, active, backend, worker)
         if kept:
             sizes = self.client_sizes[np.array(kept)]
             backend.get(backend.server(self.server_role.fedavg, sizes, *[uploads[c] for c in kept]))
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
+        # a round's samples and loss are those of the clients it kept, as for every algorithm (budget_samples)
+        loss = RoundResult.mean([v for c, v in step_losses if c in set(kept)])
+        return RoundResult(loss, sum(records[c].samples for c in kept), list(records.values()))
