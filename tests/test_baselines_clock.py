@@ -87,7 +87,8 @@ def test_fedavg_round_is_weights_down_local_training_weights_up(tmp_path, flops)
 def test_zo_fl_round_is_seeds_probes_scalars_per_step(tmp_path, flops):
     steps = 2
     rounds, clients = run(tmp_path, {"name": "zo_fl", "perturbations": P, "local_steps": steps})
-    step = down(8 * P) + 2 * P * flops["whole"] / F + up(4 * P) + down(4 * P)  # seeds, 2P forwards, s, s_bar
+    apply = 2 * P * flops["d"] / F  # the update on the client's replica: a multiply-add per weight and seed
+    step = down(8 * P) + 2 * P * flops["whole"] / F + up(4 * P) + down(4 * P) + apply  # seeds, 2P forwards, s, s_bar
     assert_duration(rounds, clients, steps * step)
 
 

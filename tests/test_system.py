@@ -18,6 +18,7 @@ from tests.conftest import tiny_scenario
 
 F, U, D, L, S = 2e8, 4e6, 8e6, 0.01, 1e9  # client FLOP/s, up/down bit/s, latency s, server FLOP/s
 K, B, P, W = 3, 16, 4, 8  # clients, batch, perturbations, CNN width
+APPLY = 2 * P * (W * 9 + W) / F  # a client applying one (seeds, scalars) record: a multiply-add per weight and seed
 
 
 def const(v: float) -> dict:
@@ -71,10 +72,28 @@ def test_hosfl_round_duration_is_the_closed_form(tmp_path, flops):
         + P * fc / F  # probes
         + up(4 * P)  # scalars
         + down(4 * P)  # averaged scalars
+        + APPLY  # the update, on every replica
     )
     assert rounds["round_duration_s"].tolist() == pytest.approx([expected] * 2, rel=1e-12)
     assert rounds["sim_time_s"].iloc[-1] == pytest.approx(2 * expected, rel=1e-12)
-    assert clients["compute_s"].tolist() == pytest.approx([(1 + P) * fc / F] * 2 * K, rel=1e-12)
+    assert clients["compute_s"].tolist() == pytest.approx([(1 + P) * fc / F + APPLY] * 2 * K, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["hosfl", "sfl_zo"])
+def test_a_returning_client_replays_the_records_it_missed_on_the_clock(tmp_path, flops, name):
+    """With 2 of 6 clients a round, a client that comes back downloads and applies every record it missed before
+    its first forward: its compute grows by one update per missed record (one record a round here)."""
+    fc = flops[0]
+    rounds, clients = run(tmp_path, {"name": name, "perturbations": P}, num_clients=6, clients_per_round=2, rounds=6)
+    last_seen: dict[int, int] = {}
+    missed = []
+    for row in clients.sort_values(["round", "client_id"]).itertuples():
+        missed.append(row.round - 1 - last_seen.get(row.client_id, 0))
+        last_seen[row.client_id] = row.round
+    work = (1 + P) * fc / F if name == "hosfl" else 2 * P * fc / F  # anchor + probes, or the 2P probe forwards
+    expected = [work + (1 + m) * APPLY for m in missed]
+    assert max(missed) > 1  # some client came back after missing several records
+    assert clients.sort_values(["round", "client_id"])["compute_s"].tolist() == pytest.approx(expected, rel=1e-12)
     assert (clients["status"] == "completed").all() and (rounds["num_dropped"] == 0).all()
 
 
@@ -94,7 +113,7 @@ def test_sfl_round_duration_queues_clients_at_the_one_server(tmp_path, flops):
 def test_sfl_zo_round_duration_is_the_closed_form(tmp_path, flops):
     fc, fs, act = flops
     rounds, _ = run(tmp_path, {"name": "sfl_zo", "perturbations": P})
-    expected = down(8 * P) + 2 * P * fc / F + up(2 * P * act) + up(8 * B) + K * 2 * P * fs / S + down(4 * P)
+    expected = down(8 * P) + 2 * P * fc / F + up(2 * P * act) + up(8 * B) + K * 2 * P * fs / S + down(4 * P) + APPLY
     assert rounds["round_duration_s"].tolist() == pytest.approx([expected] * 2, rel=1e-12)
 
 

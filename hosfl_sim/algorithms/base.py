@@ -27,7 +27,7 @@ from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.routing import keep_all
 from hosfl_sim.algorithms.task import TaskSpec, local_steps_for
 from hosfl_sim.comm.channel import Channel
-from hosfl_sim.comm.messages import Seeds
+from hosfl_sim.comm.messages import Scalars, Seeds
 from hosfl_sim.config import AlgorithmConfig, FederationConfig
 from hosfl_sim.models import SplitModel
 from hosfl_sim.system.clock import RoundClock
@@ -178,18 +178,24 @@ class SeedBasedAlgorithm(Algorithm):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.log = ReplayLog(self.federation.num_clients, self.num_workers)
+        self.record_flops: int | None = None  # a client's FLOPs to apply one record (asked of the server once)
 
     def open_step(self, rnd: int, step: int, active: list[int], channel: Channel) -> tuple[np.ndarray, list[int]]:
+        """A step's first messages: at step 0 the records a client missed, then the step's seeds; at step 0 the
+        clients that fail mid-round drop out, and the others replay what they missed on their replicas."""
         seeds = derive_seeds(self.seed, rnd, step, self.cfg.perturbations)
+        missed = {cid: self.log.catch_up(channel, cid) if step == 0 else 0 for cid in active}
         for cid in active:
-            if step == 0:
-                self.log.catch_up(channel, cid)
             channel.down(cid, Seeds.of(seeds))
         if step == 0:
             active = channel.clock.drop_failed(active)
+            for cid in active:
+                channel.clock.client_compute(cid, missed[cid] * self.record_flops)
         return seeds, active
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
+        if self.record_flops is None:
+            self.record_flops = int(backend.get(backend.server(self.server_role.record_flops)))
         worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
         records = {c: ClientRecord(c, w) for c, w in worker.items()}
         active, losses = [int(c) for c in clients], []
@@ -214,6 +220,15 @@ class SeedBasedAlgorithm(Algorithm):
     ) -> list[int]:
         """One local step of the `active` clients; returns those still active (a barrier may drop some).
         Appends the step's training losses to `losses` and accumulates into `records`."""
+
+    def close_step(self, seeds: np.ndarray, scalars: np.ndarray, active: list[int], channel: Channel) -> None:
+        """The step's record (seeds, averaged scalars) down to the clients it kept, applied on their replicas
+        (their compute), and into the log."""
+        for cid in active:
+            channel.down(cid, Scalars.of(scalars))
+            channel.clock.client_compute(cid, self.record_flops)
+        self.log.append(seeds, scalars)
+        self.log.mark_seen(np.array(active))
 
     def charge_uploads(self, active: list[int], metas: dict[int, dict], records: dict, channel: Channel) -> None:
         """Each client's forward on the clock, its activations and labels up, its measured compute."""

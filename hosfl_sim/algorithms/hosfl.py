@@ -29,6 +29,7 @@ from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
+from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_wire
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm.channel import Channel
@@ -119,6 +120,11 @@ class HOSFLServer(ServerRole):
         for (g, _), grad in zip(plan, grads):
             per_group[g].append(grad)
         return [*per_group, {"losses": losses, "flops": flops}]
+
+    @bookkeeping
+    def record_flops(self) -> int:
+        """FLOPs a client spends applying one (seeds, v_bar) record to its replica."""
+        return self.client_updater.flops(self.spec.algorithm.perturbations)
 
     def update_client(self, seeds: np.ndarray, v_bar: np.ndarray) -> None:
         """The broadcast (seeds, v_bar) applied to the server's copy of the client part, as every replica applies it."""
@@ -241,7 +247,5 @@ class HOSFL(SeedBasedAlgorithm):
     ) -> None:
         """(seeds, v_bar) down to the step's clients, and into the log; their samples reached the model."""
         for cid in active:
-            channel.down(cid, Scalars.of(v_bar))
             records[cid].samples += metas[cid]["samples"]
-        self.log.append(seeds, v_bar)
-        self.log.mark_seen(np.array(active))
+        self.close_step(seeds, v_bar, active, channel)

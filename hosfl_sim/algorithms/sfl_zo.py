@@ -24,10 +24,11 @@ from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
+from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm.channel import Channel
-from hosfl_sim.comm.messages import Activations, Labels, Scalars
+from hosfl_sim.comm.messages import Activations, Labels
 from hosfl_sim.zo import ZOUpdater, derive_seeds, perturbed_copies
 
 SERVER_STREAM = 1  # seeds of the server half of each direction
@@ -65,6 +66,11 @@ class SFLZOServer(ServerRole):
         self.client_updater = ZOUpdater(client_params, cfg.client_optimizer, cfg.distribution)
         self.names, self.params = prepare_zo_module(self.server)
         self.server_updater = ZOUpdater(self.params, cfg.server_optimizer, cfg.distribution)
+
+    @bookkeeping
+    def record_flops(self) -> int:
+        """FLOPs a client spends applying one (seeds, s_bar) record to its replica."""
+        return self.client_updater.flops(self.spec.algorithm.perturbations)
 
     @torch.no_grad()
     def differences(
@@ -149,12 +155,10 @@ class SFLZO(SeedBasedAlgorithm):
         s_bar, smeta = backend.get(list(sent))
         clock.server_batch(active, smeta["flops"])
         for cid in active:
-            channel.down(cid, Scalars.of(s_bar))
             records[cid].samples += metas[cid]["samples"]
             records[cid].train_loss = smeta["loss"]
         losses.append(smeta["loss"])
-        self.log.append(seeds, s_bar)
-        self.log.mark_seen(np.array(active))
+        self.close_step(seeds, s_bar, active, channel)
         return active
 
     def server_step(

@@ -36,6 +36,7 @@ from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
+from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm.channel import Channel
@@ -108,6 +109,11 @@ class ZOFLServer(ServerRole):
         _, params = prepare_zo_module(self.model)
         self.updater = ZOUpdater(params, cfg.client_optimizer, cfg.distribution)
 
+    @bookkeeping
+    def record_flops(self) -> int:
+        """FLOPs a client spends applying one (seeds, s_bar) record to its replica of the whole model."""
+        return self.updater.flops(self.spec.algorithm.perturbations)
+
     def aggregate(self, seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[np.ndarray]) -> np.ndarray:
         """Average the planned clients' scalars (in plan order) and step this replica."""
         s_bar = mean_scalars(planned(plan, groups))
@@ -167,10 +173,8 @@ class ZOFL(SeedBasedAlgorithm):
         s_bar = backend.get(s_bar)
         for cid in active:
             m, r = metas[cid], records[cid]
-            channel.down(cid, Scalars.of(s_bar))
             r.samples += m["samples"]
             r.train_loss = m["loss"]
             losses.append(m["loss"])
-        self.log.append(seeds, s_bar)
-        self.log.mark_seen(np.array(active))
+        self.close_step(seeds, s_bar, active, channel)
         return active

@@ -62,6 +62,11 @@ class ZOUpdater:
         for p in self.params:
             p.grad = None
 
+    def flops(self, num_seeds: int) -> int:
+        """FLOPs of one `apply` of `num_seeds` directions: a multiply-add per parameter per direction (drawing the
+        directions and the optimizer's own arithmetic are not counted)."""
+        return 2 * num_seeds * sum(p.numel() for p in self.params)
+
     def state_dict(self) -> dict:
         return {} if self.optimizer is None else self.optimizer.state_dict()
 
