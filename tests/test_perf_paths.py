@@ -14,7 +14,6 @@ from torch.func import functional_call
 
 from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.algorithms.replay import ReplayLog
-from hosfl_sim.algorithms.zo_client import PROBE_CHUNK
 from hosfl_sim.config import load_scenario
 from hosfl_sim.config.schema import SystemConfig
 from hosfl_sim.data.partition import IidPartitioner
@@ -23,6 +22,7 @@ from hosfl_sim.runtime.local import LocalBackend
 from hosfl_sim.system import build_profiles
 from hosfl_sim.zo import derive_seeds, perturbed_copies
 from hosfl_sim.zo.perturb import set_perturbed_, stacked_perturbations
+from hosfl_sim.zo.probe import PROBE_CHUNK
 from tests.conftest import tiny_scenario
 
 
@@ -124,11 +124,11 @@ def test_batched_falls_back_where_vmap_cannot_batch():
             y = self.inner(x=x)
             return y * (1.0 if float(y.sum()) > -1e30 else 0.0)
 
-    c.model = DataDependent(c.model)
-    c.names = ["inner." + n for n in c.names]
+    c.prober.module = DataDependent(c.model)
+    c.prober.names = ["inner." + n for n in c.names]
     outs = list(c.probe_outputs(x, seeds, 1e-3))
     assert all(torch.equal(o, r) for o, r in zip(outs, ref))
-    assert c._vmap_ok is False
+    assert c.prober.vmap_ok is False
 
 
 class CountingBackend(LocalBackend):

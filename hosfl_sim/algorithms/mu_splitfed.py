@@ -36,7 +36,6 @@ import copy
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
@@ -49,7 +48,8 @@ from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels, Scalars, Weights
 from hosfl_sim.config import AlgorithmConfig, OptimizerConfig
-from hosfl_sim.zo import ZOUpdater, derive_seeds, perturb_, perturbed_copies
+from hosfl_sim.zo import ZOUpdater, derive_seeds
+from hosfl_sim.zo.probe import Prober
 
 CLIENT_SIDE, SERVER_SIDE = 0, 1  # seed streams: 2 * client_id + side
 
@@ -71,20 +71,11 @@ class ZOCopy:
         own = dict(self.module.named_parameters())
         self.named = {n: own[n] for n in names}
         self.updater = ZOUpdater(list(self.named.values()), opt_cfg, cfg.distribution)
+        self.prober = Prober(self.module, names, list(self.named.values()), cfg.distribution, cfg.probe)
 
-    @torch.no_grad()
     def forward_at(self, cfg: AlgorithmConfig, seed: int | None, scale: float, *args, **kwargs) -> torch.Tensor:
-        """module(theta + scale * u_seed; ...); the plain forward when `seed` is None."""
-        if seed is None:
-            return self.module(*args, **kwargs)
-        if cfg.probe == "functional":
-            params = perturbed_copies(self.named, seed, scale, cfg.distribution)
-            return functional_call(self.module, params, args=args, kwargs=kwargs)
-        params = list(self.named.values())
-        perturb_(params, seed, scale, cfg.distribution)
-        out = self.module(*args, **kwargs)
-        perturb_(params, seed, -scale, cfg.distribution)
-        return out
+        """module(theta + scale * u_seed; ...); the plain forward when `seed` is None (zo/probe.py)."""
+        return self.prober.at(seed, scale, *args, **kwargs)
 
     def state(self) -> dict[str, np.ndarray]:
         return to_numpy(self.named)

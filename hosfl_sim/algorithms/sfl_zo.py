@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
@@ -29,7 +28,8 @@ from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor,
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels
-from hosfl_sim.zo import ZOUpdater, derive_seeds, perturbed_copies
+from hosfl_sim.zo import ZOUpdater, derive_seeds
+from hosfl_sim.zo.probe import Prober
 
 SERVER_STREAM = 1  # seeds of the server half of each direction
 
@@ -66,6 +66,7 @@ class SFLZOServer(ServerRole):
         self.client_updater = ZOUpdater(client_params, cfg.client_optimizer, cfg.distribution)
         self.names, self.params = prepare_zo_module(self.server)
         self.server_updater = ZOUpdater(self.params, cfg.server_optimizer, cfg.distribution)
+        self.prober = Prober(self.server, self.names, self.params, cfg.distribution, "functional")
 
     @bookkeeping
     def record_flops(self) -> int:
@@ -79,7 +80,6 @@ class SFLZOServer(ServerRole):
         """Each planned client's P loss differences (server half of each direction), in plan order."""
         cfg = self.spec.algorithm
         uploads = planned(plan, groups)
-        base = dict(zip(self.names, self.params))
         diffs, losses, flops = [], [], 0
         for up in uploads:
             y = tensor(up["y"], self.device)
@@ -88,10 +88,9 @@ class SFLZOServer(ServerRole):
             for i, seed in enumerate(server_seeds):
                 pair = []
                 for j, sign in enumerate((1.0, -1.0)):
-                    params = perturbed_copies(base, int(seed), sign * cfg.mu, cfg.distribution)
                     a = from_wire(up["a"][2 * i + j], self.device, self.spec.dtype)
                     flops += self.forward_flops(a, up["side"])
-                    logits = functional_call(self.server, params, args=(a,), kwargs=side)
+                    logits = self.prober.at(int(seed), sign * cfg.mu, a, **side)
                     pair.append(float(self.loss(logits, y)))
                 s[i] = (pair[0] - pair[1]) / 2.0
                 losses.append(0.5 * (pair[0] + pair[1]))

@@ -4,34 +4,21 @@ The client part is kept in eval mode with BatchNorm frozen (probes must not move
 statistics), every parameter has `requires_grad=False`, and every forward runs under
 `torch.no_grad()`: no autograd graph is ever built on this client.
 
-How a probe perturbs the client (`algorithm.probe`):
-- "functional": theta + mu u is written over the parameters from a saved copy of theta, which is
-  copied back after the forward: theta returns bit-exact; costs one copy of the weights.
-  (Same numbers as `torch.func.functional_call` on `perturbed_copies`, without its per-call cost.)
-- "inplace": MeZO's p += mu u, forward, p -= mu u: no copy at all, but theta drifts by rounding.
-- "batched": the probes of `probe_outputs` go through one `torch.func.vmap`ped forward, up to
-  PROBE_CHUNK at a time: that many copies of the weights and of one forward's activations.
-  Faster only where per-op overhead dominates (tiny client parts; see README, Performance).
+Its probes are `zo.probe.Prober`'s (functional, inplace or batched: `algorithm.probe`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
 
 from hosfl_sim.algorithms.roles import ClientRole
 from hosfl_sim.algorithms.task import TaskSpec, to_wire
 from hosfl_sim.models import freeze_batchnorm, trainable_parameters
-from hosfl_sim.zo import ZOUpdater, perturb_
-from hosfl_sim.zo.perturb import set_perturbed_, stacked_perturbations
-
-log = logging.getLogger(__name__)
-
-PROBE_CHUNK = 8  # most probes one vmapped forward evaluates ("batched")
+from hosfl_sim.zo import ZOUpdater
+from hosfl_sim.zo.probe import Prober
 
 
 def prepare_zo_module(module: torch.nn.Module) -> tuple[list[str], list[torch.nn.Parameter]]:
@@ -54,6 +41,7 @@ class ZOClient(ClientRole):
         self.model = self.split.client.to(self.device)
         self.names, self.params = prepare_zo_module(self.model)
         self.updater = ZOUpdater(self.params, cfg.client_optimizer, cfg.distribution)
+        self.prober = Prober(self.model, self.names, self.params, cfg.distribution, cfg.probe)
         self.applied = 0
 
     def static_optimizer(self) -> torch.optim.Optimizer | None:
@@ -65,62 +53,15 @@ class ZOClient(ClientRole):
         self.applied += len(records)
         return self.applied
 
-    @torch.no_grad()
     def forward_at(self, inputs: dict[str, torch.Tensor], seed: int | None = None, scale: float = 0.0) -> torch.Tensor:
         """f_c(theta + scale * u_seed; x); the plain forward when `seed` is None."""
-        if seed is None:
-            return self.model(**inputs)
-        return next(self.probe_outputs(inputs, [seed], scale, batched=False))
+        return self.prober.at(seed, scale, **inputs)
 
-    @torch.no_grad()
     def probe_outputs(
         self, inputs: dict[str, torch.Tensor], seeds: Sequence[int], scale: float, batched: bool | None = None
     ) -> Iterator[torch.Tensor]:
-        """f_c(theta + scale * u_s; x) for each seed s, in order, with the configured probe kind (`batched`
-        overrides whether to vmap). Outputs are the caller's to modify; whenever the caller holds control
-        the parameters are theta (bit-exact, except under "inplace")."""
-        cfg = self.spec.algorithm
-        if batched is None:
-            batched = cfg.probe == "batched"
-        if batched and getattr(self, "_vmap_ok", True):
-            yield from self._batched_outputs(inputs, seeds, scale)
-        elif cfg.probe == "inplace":
-            for seed in seeds:
-                perturb_(self.params, int(seed), scale, cfg.distribution)
-                out = self.model(**inputs)
-                perturb_(self.params, int(seed), -scale, cfg.distribution)
-                yield out
-        else:
-            theta = [p.clone() for p in self.params]
-            for seed in seeds:
-                try:
-                    set_perturbed_(self.params, theta, int(seed), scale, cfg.distribution)
-                    out = self.model(**inputs)
-                finally:
-                    for p, t in zip(self.params, theta):
-                        p.copy_(t)
-                yield out
-
-    def _batched_outputs(
-        self, inputs: dict[str, torch.Tensor], seeds: Sequence[int], scale: float
-    ) -> Iterator[torch.Tensor]:
-        named = dict(zip(self.names, self.params))
-
-        def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self.model, params, args=(), kwargs=inputs)
-
-        for start in range(0, len(seeds), PROBE_CHUNK):
-            chunk = seeds[start : start + PROBE_CHUNK]
-            stacked = stacked_perturbations(named, chunk, scale, self.spec.algorithm.distribution)
-            try:
-                outs = vmap(forward)(stacked)  # (chunk, B, ...)
-            except Exception as e:  # a model vmap cannot batch (data-dependent control flow, ...)
-                log.warning("batched probes unavailable for this client part (%s); probing sequentially", e)
-                self._vmap_ok = False
-                yield from self.probe_outputs(inputs, seeds[start:], scale, batched=False)
-                return
-            del stacked
-            yield from outs.unbind(0)
+        """f_c(theta + scale * u_s; x) for each seed s, in order (zo/probe.py)."""
+        return self.prober.outputs(seeds, scale, kwargs=inputs, batched=batched)
 
     def client_state(self) -> dict[str, np.ndarray]:
         return {k: to_wire(v).copy() for k, v in self.model.state_dict().items()}

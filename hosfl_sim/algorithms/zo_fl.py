@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
@@ -42,7 +41,8 @@ from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Scalars
 from hosfl_sim.models import JoinedModel
-from hosfl_sim.zo import ZOUpdater, perturb_, perturbed_copies
+from hosfl_sim.zo import ZOUpdater
+from hosfl_sim.zo.probe import Prober
 
 
 class ZOFLClient(ClientRole):
@@ -55,23 +55,15 @@ class ZOFLClient(ClientRole):
         self.model = JoinedModel(self.split).to(self.device)
         self.names, self.params = prepare_zo_module(self.model)
         self.updater = ZOUpdater(self.params, cfg.client_optimizer, cfg.distribution)
+        self.prober = Prober(self.model, self.names, self.params, cfg.distribution, cfg.probe)
 
     def sync(self, records: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for seeds, scalars in records:
             self.updater.apply(seeds, scalars, self.spec.algorithm.mu)
 
-    @torch.no_grad()
     def loss_at(self, inputs: dict[str, torch.Tensor], y: torch.Tensor, seed: int, scale: float) -> float:
         """l(w + scale * u_seed; x, y)."""
-        cfg = self.spec.algorithm
-        if cfg.probe == "functional":
-            params = perturbed_copies(dict(zip(self.names, self.params)), seed, scale, cfg.distribution)
-            logits = functional_call(self.model, params, args=(), kwargs=inputs)
-        else:
-            perturb_(self.params, seed, scale, cfg.distribution)
-            logits = self.model(**inputs)
-            perturb_(self.params, seed, -scale, cfg.distribution)
-        return float(F.cross_entropy(logits, y))
+        return float(F.cross_entropy(self.prober.at(seed, scale, **inputs), y))
 
     @torch.no_grad()
     def probe(self, records: list, client_id: int, rnd: int, step: int, seeds: np.ndarray) -> tuple[np.ndarray, dict]:
