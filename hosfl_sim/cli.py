@@ -6,10 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario
@@ -18,30 +15,6 @@ from hosfl_sim.config.load import SCENARIO_DIR
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item)
-
-
-def _stop_on_signals(engine) -> Callable[[], None]:
-    """First Ctrl-C (or SIGTERM): finish the round, write a checkpoint, stop. A second one: stop at once.
-    Returns the function that puts the previous handlers back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handle(signum: int, frame: object) -> None:
-        if engine.stop_requested:
-            raise KeyboardInterrupt
-        engine.request_stop()
-        name = signal.Signals(signum).name
-        print(
-            f"\n{name}: stopping after this round, with a checkpoint (again to stop now)", file=sys.stderr, flush=True
-        )
-
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    return restore
 
 
 def _resume_target(args: argparse.Namespace) -> tuple[Scenario, Path, dict | None]:
@@ -76,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--out", str(out), f"a directory without runs (continue them: --resume {out})")
     from hosfl_sim.runtime.engine import Engine  # imported late: `list` must stay instant
     from hosfl_sim.runtime.errors import ServerLost
+    from hosfl_sim.runtime.signals import stop_on_signals
 
     engine = Engine(scenario, progress=not args.quiet)
     engine.validate()  # everything checkable, before any directory is made
@@ -86,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"N={fed.num_clients} K={fed.clients_per_round}, backend {rt.backend} with {rt.num_workers} worker(s); "
         f"{'resuming' if args.resume else 'writing to'} {out}"
     )
-    restore = _stop_on_signals(engine)
+    restore = stop_on_signals(engine)
     try:
         if single is not None:
             summaries = [engine.run_one(single["algorithm_index"], single["seed"], out, resume=True)]
@@ -221,8 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hosfl-sim", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+    _run_arguments(sub.add_parser("run", help="run a scenario: every algorithm x seed it names"))
+    _list_arguments(sub.add_parser("list", help="list scenarios (or algorithms)"))
+    _plot_arguments(sub.add_parser("plot", help="draw figures from run or sweep directories"))
+    _memory_arguments(
+        sub.add_parser("memory", help="measure one client's memory: HO-SFL, first-order, centralized, inference")
+    )
+    _sweep_arguments(sub.add_parser("sweep", help="run a parameter sweep (grid x seeds x algorithms) as Ray tasks"))
+    _reproduce_arguments(
+        sub.add_parser("reproduce", help="run one of the paper's tables and print it beside the published numbers")
+    )
+    return p
 
-    r = sub.add_parser("run", help="run a scenario: every algorithm x seed it names")
+
+def _run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("scenario", nargs="?", help="a YAML path or a name in scenarios/ (see `hosfl-sim list`)")
     r.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides, e.g. federation.rounds=10")
     r.add_argument("--out", help="output directory (default: runs/<scenario>/<timestamp>); must hold no runs yet")
@@ -239,17 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(fn=cmd_run)
 
-    ls = sub.add_parser("list", help="list scenarios (or algorithms)")
+
+def _list_arguments(ls: argparse.ArgumentParser) -> None:
     ls.add_argument("--algorithms", action="store_true", help="list algorithms with what crosses the network")
     ls.set_defaults(fn=cmd_list)
 
-    pl = sub.add_parser("plot", help="draw figures from run or sweep directories")
+
+def _plot_arguments(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("paths", nargs="+")
     pl.add_argument("--out", help="figure directory (default: <first path>/figures)")
     pl.add_argument("--target", type=float, help="print rounds, simulated time and bytes to this test accuracy (0-1)")
     pl.set_defaults(fn=cmd_plot)
 
-    me = sub.add_parser("memory", help="measure one client's memory: HO-SFL, first-order, centralized, inference")
+
+def _memory_arguments(me: argparse.ArgumentParser) -> None:
     me.add_argument("scenario", help="a YAML path or a name in scenarios/ (its model, cut and batch size are used)")
     me.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides, e.g. task.model.cut=block3")
     me.add_argument("--out", help="directory for the table and chart (default: runs/<scenario>/memory-<timestamp>)")
@@ -257,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--no-overhead", action="store_true", help="skip timing the meter's slowdown per mode")
     me.set_defaults(fn=cmd_memory)
 
-    sw = sub.add_parser("sweep", help="run a parameter sweep (grid x seeds x algorithms) as Ray tasks")
+
+def _sweep_arguments(sw: argparse.ArgumentParser) -> None:
     sw.add_argument("sweep", help="a sweep YAML file (see scenarios/sweeps/)")
     sw.add_argument("--address", help="an existing Ray cluster: auto or ray://host:10001 (default: a local instance)")
     sw.add_argument("--resume", action="store_true", help="keep the runs already complete and run the rest")
@@ -265,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--plot", action="store_true", help="draw the figures at the end")
     sw.set_defaults(fn=cmd_sweep)
 
-    rp = sub.add_parser("reproduce", help="run one of the paper's tables and print it beside the published numbers")
+
+def _reproduce_arguments(rp: argparse.ArgumentParser) -> None:
     rp.add_argument(
         "table",
         choices=["vision", "language", "memory", "communication"],
@@ -285,7 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--resume", action="store_true", help="keep the runs already complete and run the rest")
     rp.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the modes are measured")
     rp.set_defaults(fn=cmd_reproduce)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

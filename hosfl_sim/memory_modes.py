@@ -1,3 +1,4 @@
+# Over 300 lines: the modes, their measurement, their table and chart follow one accounting, the docstring's.
 """The paper's four memory modes side by side, measured on a scenario's model, cut and batch.
 
 Modes (one row each; the work of `steps` consecutive steps is measured in ONE block):

@@ -11,7 +11,7 @@ import pytest
 from hosfl_sim.cli import main
 from hosfl_sim.config import ConfigError
 from hosfl_sim.reproduce import published, table_sweep
-from hosfl_sim.runtime.sweep import plan_sweep
+from hosfl_sim.runtime.sweep_plan import plan_sweep
 from tests.test_pretrained import imagenet_like_state, make_hub_cache
 
 SMALL = ["federation.num_clients=10", "federation.clients_per_round=3", "task.partition.min_size=4"]

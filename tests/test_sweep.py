@@ -14,14 +14,9 @@ from hosfl_sim.cli import main
 from hosfl_sim.config import ConfigError, to_dict
 from hosfl_sim.config.identity import run_hash
 from hosfl_sim.plots import find_runs, load_runs, plan_figures
-from hosfl_sim.runtime.sweep import (
-    INDEX,
-    _run_task,
-    load_sweep,
-    load_sweep_spec,
-    plan_sweep,
-    run_sweep,
-)
+from hosfl_sim.runtime.sweep import _run_task, run_sweep
+from hosfl_sim.runtime.sweep_index import INDEX, load_sweep
+from hosfl_sim.runtime.sweep_plan import load_sweep_spec, plan_sweep
 from tests.conftest import tiny_scenario
 
 
@@ -164,7 +159,7 @@ def test_a_run_larger_than_the_instance_is_refused(tmp_path, ray_session):
 
 def test_a_sweep_file_gets_the_scenario_files_checks(tmp_path):
     """Duplicate keys, a binary file or an alias bomb in a sweep file: one line naming the file."""
-    from hosfl_sim.runtime.sweep import load_sweep_spec
+    from hosfl_sim.runtime.sweep_plan import load_sweep_spec
 
     (tmp_path / "dup.yaml").write_text("base: quickstart\nbase: noniid\n")
     (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")

@@ -1,3 +1,4 @@
+# Over 300 lines: the whole scenario tree in one place, so a reader sees every field, its default and its range.
 """The typed scenario tree: every field, its type, its default and its valid range.
 
 Every class here is a frozen dataclass; `config.load` builds them from YAML and checks

@@ -1,3 +1,4 @@
+# Over 300 lines: the source registry and every built-in source, so one file shows what task.dataset.name accepts.
 """Named data sources: `load_dataset(DatasetConfig) -> DataSplit`.
 
 Built in: `digits` (embedded in scikit-learn), `synthetic` (Gaussian clusters), the Hugging Face

@@ -1,3 +1,4 @@
+# Over 300 lines: one split for every transformer family: the family table, both cut parts, loading and LoRA.
 """Hugging Face transformers cut after layer k, with LoRA adapters, for text classification.
 
 One split for every supported architecture: a small table (`FAMILIES`) says where a family keeps its

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -115,12 +116,33 @@ def client_timeline(runset: RunSet, run: str | None = None, max_rounds: int = 40
     shown = all_rounds[:max_rounds]
     c = c[c["round"].isin(shown)]
     c["total_s"] = c["compute_s"].fillna(0) + c["comm_s"].fillna(0)
-    done = c["status"].eq("completed") if "status" in c else pd.Series(True, index=c.index)
-
     color = setting_colors(runset.settings)[manifest["setting"]]
-    light = tuple(0.45 * np.array(to_rgb(color)) + 0.55)
     fig = Figure(figsize=(8.0, float(np.clip(1.8 + 0.16 * len(shown), 3.2, 10.0))), layout="constrained")
     ax = fig.add_subplot()
+    _timeline_clients(ax, c, shown, color)
+    r = runset.rounds
+    if "round_duration_s" in r:
+        dur = r[(r["run"] == str(run)) & r["round"].isin(shown)].dropna(subset=["round_duration_s"])
+        if len(dur):
+            ax.scatter(dur["round_duration_s"], dur["round"], marker="|", s=120, color="black", zorder=4)
+            ax.scatter([], [], marker="|", color="black", label="round duration (simulated)")
+    ax.invert_yaxis()
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(shown[-1] + 0.6, shown[0] - 0.6)
+    ax.set_ylabel("Round")
+    ax.set_xlabel("Seconds per round (compute: measured wall time; communication: simulated)")
+    style_axes(ax)
+    rng = f"rounds {shown[0]}–{shown[-1]} of {len(all_rounds)}" if len(shown) < len(all_rounds) else ""
+    seed = manifest.get("seed")
+    titles(ax, f"Client timeline: {manifest['setting']}, seed {seed}", rng)
+    _timeline_legend(fig, ax)
+    return fig
+
+
+def _timeline_clients(ax: Axes, c: pd.DataFrame, shown: list, color: tuple) -> None:
+    """The slowest completed client's compute and communication as bars, every client's total as a point."""
+    done = c["status"].eq("completed") if "status" in c else pd.Series(True, index=c.index)
+    light = tuple(0.45 * np.array(to_rgb(color)) + 0.55)
     slowest = c[done].sort_values("total_s").groupby("round").tail(1).set_index("round").reindex(shown)
     rounds = np.asarray(shown, dtype=float)
     comp = slowest["compute_s"].fillna(0).to_numpy(dtype=float)
@@ -139,21 +161,10 @@ def client_timeline(runset: RunSet, run: str | None = None, max_rounds: int = 40
             zorder=4,
             label=f"client not completed (dropped/unavailable/failed): {n_drop}",
         )
-    r = runset.rounds
-    if "round_duration_s" in r:
-        dur = r[(r["run"] == str(run)) & r["round"].isin(shown)].dropna(subset=["round_duration_s"])
-        if len(dur):
-            ax.scatter(dur["round_duration_s"], dur["round"], marker="|", s=120, color="black", zorder=4)
-            ax.scatter([], [], marker="|", color="black", label="round duration (simulated)")
-    ax.invert_yaxis()
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(shown[-1] + 0.6, shown[0] - 0.6)
-    ax.set_ylabel("Round")
-    ax.set_xlabel("Seconds per round (compute: measured wall time; communication: simulated)")
-    style_axes(ax)
-    rng = f"rounds {shown[0]}–{shown[-1]} of {len(all_rounds)}" if len(shown) < len(all_rounds) else ""
-    seed = manifest.get("seed")
-    titles(ax, f"Client timeline: {manifest['setting']}, seed {seed}", rng)
+
+
+def _timeline_legend(fig: Figure, ax: Axes) -> None:
+    """One legend under the figure, the bars' entries first."""
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith(("compute", "communication")))
     fig.legend(
@@ -164,4 +175,3 @@ def client_timeline(runset: RunSet, run: str | None = None, max_rounds: int = 40
         fontsize=8,
         frameon=False,
     )
-    return fig

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hosfl_sim.runtime.sweep import INDEX
+from hosfl_sim.runtime.sweep_index import INDEX
 
 KEYS = ["dataset", "partition", "model", "algorithm"]
 

@@ -13,7 +13,8 @@ from hosfl_sim.comm.ledger import CATEGORIES
 from hosfl_sim.config import ConfigError, Scenario, load_scenario
 from hosfl_sim.config.load import apply_override, load_raw
 from hosfl_sim.reproduce.tables import TABLES, Cell, local_data, model_cells
-from hosfl_sim.runtime.sweep import INDEX, SweepSpec
+from hosfl_sim.runtime.sweep_index import INDEX
+from hosfl_sim.runtime.sweep_plan import SweepSpec
 
 
 def cell_scenario(base: str, cell: Cell, data_dir: str | Path | None, overrides: dict[str, Any]) -> Scenario:

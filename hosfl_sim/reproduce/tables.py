@@ -11,7 +11,7 @@ from typing import Any
 from hosfl_sim.config import ConfigError
 from hosfl_sim.config.load import load_raw, resolve_path
 from hosfl_sim.data.text import HUB_TASKS
-from hosfl_sim.runtime.sweep import SweepSpec
+from hosfl_sim.runtime.sweep_plan import SweepSpec
 
 FULL_SEEDS = 10  # the paper's seeds per cell
 
@@ -168,7 +168,7 @@ def preflight(spec: SweepSpec) -> None:
     is neither local, nor cached, nor reachable (offline, or gated without a token). What is found downloads into
     the Hugging Face cache now, once, rather than in every run."""
     from hosfl_sim.hfhub import HUB_WEIGHTS, hub_error, hub_file, hub_offline
-    from hosfl_sim.runtime.sweep import plan_sweep
+    from hosfl_sim.runtime.sweep_plan import plan_sweep
 
     seen = set()
     for run in plan_sweep(spec):
