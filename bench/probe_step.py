@@ -52,7 +52,7 @@ def bench_model(name: str, quick: bool) -> list[str]:
         def run():
             rnd[k] += 1
             clients[k].anchor([], 0, rnd[k], 0)
-            clients[k].probe(0, seeds, g)
+            clients[k].probe(0, g, seeds)
 
         return run
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from hosfl_sim.algorithms import ALGORITHMS
-from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import ClientRecord
 from hosfl_sim.algorithms.hosfl import HOSFL, HOSFLServer
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.routing import keep_all
+from hosfl_sim.algorithms.seed_round import Step
 from hosfl_sim.algorithms.task import tensor
-from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Scalars
 
 
 class FlatServer(HOSFLServer):
@@ -47,43 +46,29 @@ class ReferenceHOSFL(HOSFL):
     """What both routings share: per-client anchor calls and HOSFL's accounting in its order (sync policy only:
     every call goes out before a barrier could drop anyone)."""
 
-    def send_anchors(self, rnd: int, step: int, active: list[int], worker: dict, backend: Backend) -> dict:
+    def send_anchors(self, s: Step, active: list[int]) -> dict:
+        anchor = self.client_role.anchor
         return {
-            c: backend.client(
-                worker[c], self.client_role.anchor, self.log.for_worker(worker[c]), c, rnd, step, num_returns=2
-            )
+            c: s.calls.client(s.worker[c], anchor, self.log.for_worker(s.worker[c]), c, s.round, s.index, num_returns=2)
             for c in active
         }
 
-    def charge_anchors(
-        self, active: list[int], anchors: dict, worker: dict, records: dict, backend: Backend, channel: Channel
-    ) -> dict:
-        metas = dict(zip(active, backend.get([anchors[c][1] for c in active])))
-        self.charge_uploads(active, metas, records, channel)
-        keep_all(active, self.barrier(channel.clock, active, backend, worker))
+    def charge_anchors(self, s: Step, active: list[int], anchors: dict) -> dict:
+        metas = dict(zip(active, s.calls.get([anchors[c][1] for c in active])))
+        self.uploaded(s, active, metas)
+        keep_all(active, self.barrier(s.clock, active, s.calls, s.worker))
         return metas
 
-    def finish_step(
-        self,
-        seeds: np.ndarray,
-        active: list[int],
-        metas: dict,
-        server_meta: object,
-        probes: dict,
-        worker: dict,
-        records: dict,
-        losses: list,
-        backend: Backend,
-        channel: Channel,
-    ) -> None:
+    def finish_step(self, s: Step, active: list[int], metas: dict, server_meta: object, probes: dict) -> None:
         """From the server's step to the log."""
-        self.charge_server_step(active, metas, backend.get(server_meta), records, losses, channel)
-        probed = dict(zip(active, backend.get([probes[c] for c in active])))
-        scalars = {c: v for c, (v, _) in probed.items()}
-        self.charge_probes(active, metas, {c: m for c, (_, m) in probed.items()}, scalars, records, channel)
-        keep_all(active, self.barrier(channel.clock, active, backend, worker))
-        v_bar = backend.get(backend.server(self.server_role.aggregate_flat, seeds, *[probes[c][0] for c in active]))
-        self.broadcast(seeds, v_bar, active, metas, records, channel)
+        self.server_stepped(s, active, metas, s.calls.get(server_meta))
+        probed = dict(zip(active, s.calls.get([probes[c] for c in active])))
+        flops = {c: self.cfg.perturbations * metas[c]["flops"] for c in active}
+        scalars = {c: Scalars.of(v) for c, (v, _) in probed.items()}
+        self.scalars_up(s, active, flops, scalars, {c: m for c, (_, m) in probed.items()})
+        keep_all(active, self.barrier(s.clock, active, s.calls, s.worker))
+        v_bar = s.calls.get(s.calls.server(self.server_role.aggregate_flat, s.seeds, *[probes[c][0] for c in active]))
+        self.close_step(s, v_bar, active, metas)
 
 
 class PerClientHOSFL(ReferenceHOSFL):
@@ -91,28 +76,16 @@ class PerClientHOSFL(ReferenceHOSFL):
     summary = "HO-SFL with one actor call per client per phase (the routing HOSFL replaced; a benchmark reference)"
     server_role = FlatServer
 
-    def local_step(
-        self,
-        rnd: int,
-        step: int,
-        active: list[int],
-        worker: dict[int, int],
-        records: dict[int, ClientRecord],
-        losses: list[float],
-        backend: Backend,
-        channel: Channel,
-    ) -> list[int]:
-        seeds, active = self.open_step(rnd, step, active, channel)
-        anchors = self.send_anchors(rnd, step, active, worker, backend)
-        metas = self.charge_anchors(active, anchors, worker, records, backend, channel)
-        out = backend.server(
-            self.server_role.train_step_flat, *[anchors[c][0] for c in active], num_returns=len(active) + 1
-        )
+    def local_step(self, s: Step, active: list[int]) -> list[int]:
+        anchors = self.send_anchors(s, active)
+        metas = self.charge_anchors(s, active, anchors)
+        uploads = [anchors[c][0] for c in active]
+        out = s.calls.server(self.server_role.train_step_flat, *uploads, num_returns=len(active) + 1)
         probes = {
-            c: backend.client(worker[c], self.client_role.probe, c, seeds, g, num_returns=2)
+            c: s.calls.client(s.worker[c], self.client_role.probe, c, g, s.seeds, num_returns=2)
             for c, g in zip(active, out)
         }
-        self.finish_step(seeds, active, metas, out[-1], probes, worker, records, losses, backend, channel)
+        self.finish_step(s, active, metas, out[-1], probes)
         return active
 
 
@@ -148,28 +121,15 @@ class PipelinedHOSFL(ReferenceHOSFL):
     summary = "HO-SFL with the server step split per client (a benchmark of a proposed runtime change)"
     server_role = PipelinedServer
 
-    def local_step(
-        self,
-        rnd: int,
-        step: int,
-        active: list[int],
-        worker: dict[int, int],
-        records: dict[int, ClientRecord],
-        losses: list[float],
-        backend: Backend,
-        channel: Channel,
-    ) -> list[int]:
-        seeds, active = self.open_step(rnd, step, active, channel)
-        anchors = self.send_anchors(rnd, step, active, worker, backend)
-        grads = {
-            c: backend.server(self.server_role.cut_grad, anchors[c][0]) for c in active
-        }  # each as its activation lands
+    def local_step(self, s: Step, active: list[int]) -> list[int]:
+        anchors = self.send_anchors(s, active)
+        grads = {c: s.calls.server(self.server_role.cut_grad, anchors[c][0]) for c in active}  # as each lands
         probes = {
-            c: backend.client(worker[c], self.client_role.probe, c, seeds, grads[c], num_returns=2) for c in active
+            c: s.calls.client(s.worker[c], self.client_role.probe, c, grads[c], s.seeds, num_returns=2) for c in active
         }
-        done = backend.server(self.server_role.step)
-        metas = self.charge_anchors(active, anchors, worker, records, backend, channel)
-        self.finish_step(seeds, active, metas, done, probes, worker, records, losses, backend, channel)
+        done = s.calls.server(self.server_role.step)
+        metas = self.charge_anchors(s, active, anchors)
+        self.finish_step(s, active, metas, done, probes)
         return active
 
 

@@ -125,7 +125,7 @@ def hosfl_mode(spec: TaskSpec, optimizer: str, probe: str, g: np.ndarray) -> Mod
     def step(i: int) -> None:
         role.anchor([last["record"]], cid, ROUND, i)  # applies the previous step's update first
         seeds = derive_seeds(spec.seed, ROUND, i, P)
-        v, _ = role.probe(cid, seeds, g)
+        v, _ = role.probe(cid, g, seeds)
         last["record"] = (seeds, v)
 
     return Mode("HO-SFL client", optimizer, probe, step, lambda: static_bytes(role.model, role.updater.optimizer))

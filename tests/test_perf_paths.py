@@ -74,7 +74,7 @@ def test_batched_probes_give_the_sequential_scalars(model):
     upload, _ = seq.anchor([], 2, 1, 0)
     bat.anchor([], 2, 1, 0)
     g = np.random.default_rng(0).standard_normal(upload["a"].shape).astype(np.float32)
-    v_seq, _ = seq.probe(2, seeds, g)
+    v_seq, _ = seq.probe(2, g, seeds)
     x, a = bat.pending.pop(2)
     before = snapshot(bat)
     g_t = torch.from_numpy(g).flatten()
@@ -91,8 +91,8 @@ def test_inplace_probes_agree_with_functional_ones_up_to_rounding():
     upload, _ = fun.anchor([], 1, 1, 0)
     inp.anchor([], 1, 1, 0)
     g = np.ones(upload["a"].shape, np.float32)
-    v_fun, _ = fun.probe(1, seeds, g)
-    v_inp, _ = inp.probe(1, seeds, g)
+    v_fun, _ = fun.probe(1, g, seeds)
+    v_inp, _ = inp.probe(1, g, seeds)
     np.testing.assert_allclose(v_inp, v_fun, rtol=1e-3, atol=1e-4 * np.abs(v_fun).max())
 
 
@@ -139,7 +139,10 @@ class CountingBackend(LocalBackend):
         self.calls: dict[tuple[str, str], int] = {}
 
     def client(self, worker, method, *args, num_returns=1):
-        self.calls[("client", method.__name__)] = self.calls.get(("client", method.__name__), 0) + 1
+        name = method.__name__
+        if name in ("each", "each_of"):  # one call for the worker's clients: named by what it runs for each
+            name = f"{name} {args[0].__name__}"
+        self.calls[("client", name)] = self.calls.get(("client", name), 0) + 1
         return super().client(worker, method, *args, num_returns=num_returns)
 
     def server(self, method, *args, num_returns=1):
@@ -150,9 +153,9 @@ class CountingBackend(LocalBackend):
 # per algorithm: its per-worker client calls, its server calls of one step, and a deadline (simulated
 # seconds) that the fast half of its clients meets and the slow half misses
 ROUTING = {
-    "hosfl": (("anchors", "probes"), ("train_step", "update_client"), 2.0),
-    "sfl_zo": (("probes",), ("differences", "aggregate"), 2.0),
-    "zo_fl": (("probes",), ("aggregate",), 24.0),
+    "hosfl": (("each anchor", "each_of probe"), ("train_step", "update_client"), 2.0),
+    "sfl_zo": (("each probe",), ("differences", "aggregate"), 2.0),
+    "zo_fl": (("each probe",), ("aggregate",), 24.0),
 }
 
 

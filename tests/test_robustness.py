@@ -357,7 +357,7 @@ def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(tmp_pat
         probes, killed = 0, False
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method is HOSFLClient.probes:
+            if worker == 1 and method is HOSFLClient.each_of:
                 self.probes += 1
                 if self.probes == 3:
                     self.old_pid = ray.get(self.workers[1].pid.remote())

@@ -209,7 +209,7 @@ def test_a_resumed_run_that_loses_a_worker_gives_the_forewarned_numbers(tmp_path
         probes, kills = 0, 0
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method is HOSFLClient.probes:  # one call a round
+            if worker == 1 and method is HOSFLClient.each_of:  # one call a round
                 self.probes += 1
                 if self.probes in (1, 4):  # round 3, its rerun (worker 1 serves position 1 again), 4, then 5
                     ray.kill(self.workers[1], no_restart=True)

@@ -112,7 +112,7 @@ def _client_estimate(client, g, seeds):
     assert upload["a"].dtype == np.float32
     x, a = client.pending[0]
     assert a.grad_fn is None and not a.requires_grad  # the client never builds a graph
-    v, _ = client.probe(0, seeds, g)
+    v, _ = client.probe(0, g, seeds)
     est = estimate(client.params, seeds, v, client.spec.algorithm.mu, "gaussian")
     return torch.cat([e.flatten() for e in est]).double()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -24,14 +23,11 @@ import numpy as np
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.replay import ReplayLog
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
-from hosfl_sim.algorithms.routing import keep_all
 from hosfl_sim.algorithms.task import TaskSpec, local_steps_for
 from hosfl_sim.comm.channel import Channel
-from hosfl_sim.comm.messages import Scalars, Seeds
 from hosfl_sim.config import AlgorithmConfig, FederationConfig
 from hosfl_sim.models import SplitModel
 from hosfl_sim.system.clock import RoundClock
-from hosfl_sim.zo import derive_seeds
 
 # What every algorithm reads of its section (the engine reads these too).
 COMMON_FIELDS = frozenset({"name", "label", "local_steps", "local_epochs"})
@@ -166,109 +162,3 @@ class Algorithm(ABC):
 
     def sync_workers(self, backend: Backend) -> None:  # noqa: B027  (a no-op for stateless clients)
         """Bring every worker's replica up to date (used before comparing replicas)."""
-
-
-class SeedBasedAlgorithm(Algorithm):
-    """An algorithm whose clients share one model updated only from (seeds, scalars) records.
-
-    It owns the replay log; `open_step` sends a local step's first messages (the replay of missed
-    records at step 0, then the step's seeds) and lets clients that fail mid-round drop out.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.log = ReplayLog(self.federation.num_clients, self.num_workers)
-        self.record_flops: int | None = None  # a client's FLOPs to apply one record (asked of the server once)
-
-    def open_step(self, rnd: int, step: int, active: list[int], channel: Channel) -> tuple[np.ndarray, list[int]]:
-        """A step's first messages: at step 0 the records a client missed, then the step's seeds; at step 0 the
-        clients that fail mid-round drop out, and the others replay what they missed on their replicas."""
-        seeds = derive_seeds(self.seed, rnd, step, self.cfg.perturbations)
-        missed = {cid: self.log.catch_up(channel, cid) if step == 0 else 0 for cid in active}
-        for cid in active:
-            channel.down(cid, Seeds.of(seeds))
-        if step == 0:
-            active = channel.clock.drop_failed(active)
-            for cid in active:
-                channel.clock.client_compute(cid, missed[cid] * self.record_flops)
-        return seeds, active
-
-    def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
-        if self.record_flops is None:
-            self.record_flops = int(backend.get(backend.server(self.server_role.record_flops)))
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active, losses = [int(c) for c in clients], []
-        for step in range(self.cfg.local_steps):
-            active = self.local_step(rnd, step, active, worker, records, losses, backend, channel)
-            if not active:
-                break
-        samples = sum(r.samples for r in records.values())
-        return RoundResult(RoundResult.mean(losses), samples, list(records.values()))
-
-    @abstractmethod
-    def local_step(
-        self,
-        rnd: int,
-        step: int,
-        active: list[int],
-        worker: dict[int, int],
-        records: dict[int, ClientRecord],
-        losses: list[float],
-        backend: Backend,
-        channel: Channel,
-    ) -> list[int]:
-        """One local step of the `active` clients; returns those still active (a barrier may drop some).
-        Appends the step's training losses to `losses` and accumulates into `records`."""
-
-    def close_step(self, seeds: np.ndarray, scalars: np.ndarray, active: list[int], channel: Channel) -> None:
-        """The step's record (seeds, averaged scalars) down to the clients it kept, applied on their replicas
-        (their compute), and into the log."""
-        for cid in active:
-            channel.down(cid, Scalars.of(scalars))
-            channel.clock.client_compute(cid, self.record_flops)
-        self.log.append(seeds, scalars)
-        self.log.mark_seen(np.array(active))
-
-    def charge_uploads(self, active: list[int], metas: dict[int, dict], records: dict, channel: Channel) -> None:
-        """Each client's forward on the clock, its activations and labels up, its measured compute."""
-        for cid in active:
-            m = metas[cid]
-            channel.clock.client_compute(cid, m["flops"])
-            channel.up(cid, m["act"])
-            channel.up(cid, m["labels"])
-            records[cid].compute_s += m["compute_s"]
-
-    def kept_at_barrier(
-        self, clock: RoundClock, active: list[int], backend: Backend, worker: dict[int, int]
-    ) -> list[int]:
-        """The step's barrier. Where the clock could not drop anyone (`may_drop`), work may already have gone
-        out for every client, so a drop there is an error."""
-        if clock.may_drop:
-            return self.barrier(clock, active, backend, worker)
-        keep_all(active, self.barrier(clock, active, backend, worker))
-        return active
-
-    def around_barrier(
-        self,
-        clock: RoundClock,
-        active: list[int],
-        backend: Backend,
-        worker: dict[int, int],
-        submit: Callable[[list[int]], Any],
-        charge: Callable[[], Any],
-    ) -> tuple[list[int], Any, Any]:
-        """A server phase and the barrier before it. Where no client can be dropped, `submit(active)` goes out
-        before `charge()` reads the clients' messages (the server works meanwhile); otherwise `charge()` runs,
-        the barrier keeps some clients and `submit(kept)` goes out for them (if any).
-        Returns (kept, what `submit` returned or None, what `charge` returned)."""
-        early = not clock.may_drop
-        sent = submit(active) if early else None
-        charged = charge()
-        kept = self.kept_at_barrier(clock, active, backend, worker)
-        if not early and kept:
-            sent = submit(kept)
-        return kept, sent, charged
-
-    def sync_workers(self, backend: Backend) -> None:
-        backend.get([backend.client(w, self.client_role.sync, self.log.for_worker(w)) for w in range(self.num_workers)])

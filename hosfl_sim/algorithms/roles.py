@@ -9,12 +9,14 @@ The driver calls a role's methods through a `Backend`, naming the method itself 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hosfl_sim.algorithms.routing import serve_each
 from hosfl_sim.algorithms.state import Measured, RoleState, bookkeeping
 from hosfl_sim.algorithms.task import TaskSpec, count_flops, shape_key, tensor, to_tensors, to_wire
 from hosfl_sim.memory import static_bytes
@@ -74,6 +76,17 @@ class ClientRole(Role):
         if key not in cache:
             cache[key] = count_flops(self.split.client, **inputs)
         return cache[key]
+
+    def each(self, method: Callable[..., tuple[Any, Any]], records: list, client_ids: list[int], *args: Any) -> tuple:
+        """One worker's phase: `method(self, records, client, *args)` for each of its clients in turn, the records its
+        replica missed applied by the first; returns (their uploads, their metadata), one per client."""
+        return serve_each(partial(method, self), records, client_ids, *args)
+
+    def each_of(self, method: Callable[..., tuple[Any, Any]], client_ids: list[int], values: list, *args: Any) -> tuple:
+        """One worker's phase with a value per client: `method(self, client, value, *args)` for each in turn;
+        returns (their results, their metadata), one per client."""
+        out = [method(self, c, v, *args) for c, v in zip(client_ids, values)]
+        return [r for r, _ in out], [meta for _, meta in out]
 
     def forget(self, client_id: int) -> None:
         """Drop what a client left pending (it was dropped from the round)."""

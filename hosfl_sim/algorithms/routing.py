@@ -33,6 +33,14 @@ def planned(plan: list[tuple[int, int]], groups: tuple[list, ...]) -> list:
     return [groups[g][j] for g, j in plan]
 
 
+def by_group(plan: list[tuple[int, int]], values: list, num_groups: int) -> list[list]:
+    """The values of the planned messages (in plan order) back into per-group lists (the server side)."""
+    out: list[list] = [[] for _ in range(num_groups)]
+    for (g, _), v in zip(plan, values):
+        out[g].append(v)
+    return out
+
+
 def in_client_order(groups: dict[int, list[int]], per_worker: list[list]) -> dict:
     """{client: value} from one list of values per worker (in `groups`' order)."""
     return {c: v for cs, vs in zip(groups.values(), per_worker) for c, v in zip(cs, vs)}

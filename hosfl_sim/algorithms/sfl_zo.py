@@ -18,15 +18,12 @@ import numpy as np
 import torch
 
 from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
-from hosfl_sim.algorithms.roles import ServerRole
-from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
-from hosfl_sim.algorithms.state import bookkeeping
+from hosfl_sim.algorithms.routing import make_plan, planned
+from hosfl_sim.algorithms.seed_round import ReplicaServer, SeedBasedAlgorithm, Step
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
-from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels
 from hosfl_sim.zo import ZOUpdater, derive_seeds
 from hosfl_sim.zo.probe import Prober
@@ -53,12 +50,8 @@ class SFLZOClient(ZOClient):
         }
         return upload, meta
 
-    def probes(self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray) -> tuple[list, list]:
-        """`probe` for each client of this worker, in order (the first one applies the missed records)."""
-        return serve_each(self.probe, records, client_ids, rnd, step, seeds)
 
-
-class SFLZOServer(ServerRole):
+class SFLZOServer(ReplicaServer):
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
         cfg = spec.algorithm
@@ -67,11 +60,6 @@ class SFLZOServer(ServerRole):
         self.names, self.params = prepare_zo_module(self.server)
         self.server_updater = ZOUpdater(self.params, cfg.server_optimizer, cfg.distribution)
         self.prober = Prober(self.server, self.names, self.params, cfg.distribution, "functional")
-
-    @bookkeeping
-    def record_flops(self) -> int:
-        """FLOPs a client spends applying one (seeds, s_bar) record to its replica."""
-        return self.client_updater.flops(self.spec.algorithm.perturbations)
 
     @torch.no_grad()
     def differences(
@@ -117,47 +105,28 @@ class SFLZO(SeedBasedAlgorithm):
     options = frozenset({"client_optimizer", "server_optimizer", "perturbations", "mu", "distribution", "probe"})
     supports_policies = True
 
-    def local_step(
-        self,
-        rnd: int,
-        step: int,
-        active: list[int],
-        worker: dict[int, int],
-        records: dict[int, ClientRecord],
-        losses: list[float],
-        backend: Backend,
-        channel: Channel,
-    ) -> list[int]:
-        cfg, clock = self.cfg, channel.clock
-        seeds, active = self.open_step(rnd, step, active, channel)
-        if not active:
-            return active
-        server_seeds = derive_seeds(self.seed, rnd, step, cfg.perturbations, stream=SERVER_STREAM)
-        groups = by_worker(active, worker)
-        calls = {
-            w: backend.client(w, self.client_role.probes, self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
-            for w, cs in groups.items()
-        }
+    def local_step(self, s: Step, active: list[int]) -> list[int]:
+        server_seeds = derive_seeds(self.seed, s.round, s.index, self.cfg.perturbations, stream=SERVER_STREAM)
+        groups, calls = self.to_workers(s, active, SFLZOClient.probe, s.round, s.index, s.seeds)
         uploads = [calls[w][0] for w in groups]
 
-        def submit(kept: list[int]) -> tuple[Any, Any]:
-            return self.server_step(backend, seeds, server_seeds, make_plan(kept, groups), uploads)
+        def server_step(kept: list[int]) -> tuple[Any, Any]:
+            return self.server_step(s.calls, s.seeds, server_seeds, make_plan(kept, groups), uploads)
 
-        def charge() -> dict[int, dict]:
-            metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
-            self.charge_uploads(active, metas, records, channel)
+        def uploads_read() -> dict[int, dict]:
+            metas = self.read(s, groups, calls, 1)
+            self.uploaded(s, active, metas)
             return metas
 
-        active, sent, metas = self.around_barrier(clock, active, backend, worker, submit, charge)
+        active, sent, metas = self.around_barrier(s, active, server_step, uploads_read)
         if not active:
             return active
-        s_bar, smeta = backend.get(list(sent))
-        clock.server_batch(active, smeta["flops"])
+        s_bar, smeta = s.calls.get(list(sent))
+        s.clock.server_batch(active, smeta["flops"])
         for cid in active:
-            records[cid].samples += metas[cid]["samples"]
-            records[cid].train_loss = smeta["loss"]
-        losses.append(smeta["loss"])
-        self.close_step(seeds, s_bar, active, channel)
+            s.records[cid].train_loss = smeta["loss"]
+        s.losses.append(smeta["loss"])
+        self.close_step(s, s_bar, active, metas)
         return active
 
     def server_step(

@@ -28,17 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import ClientRecord, SeedBasedAlgorithm
 from hosfl_sim.algorithms.fedavg import whole_model_flops
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
-from hosfl_sim.algorithms.roles import ClientRole, ServerRole
-from hosfl_sim.algorithms.routing import by_worker, in_client_order, make_plan, planned, serve_each
-from hosfl_sim.algorithms.state import bookkeeping
+from hosfl_sim.algorithms.roles import ClientRole
+from hosfl_sim.algorithms.routing import make_plan, planned
+from hosfl_sim.algorithms.seed_round import ReplicaServer, SeedBasedAlgorithm, Step
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
-from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Scalars
 from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import ZOUpdater
@@ -86,12 +83,8 @@ class ZOFLClient(ClientRole):
         }
         return s, {**meta, "flops": 2 * len(seeds) * whole_model_flops(self, x)}
 
-    def probes(self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray) -> tuple[list, list]:
-        """`probe` for each client of this worker, in order (the first one applies the missed records)."""
-        return serve_each(self.probe, records, client_ids, rnd, step, seeds)
 
-
-class ZOFLServer(ServerRole):
+class ZOFLServer(ReplicaServer):
     """Averages the scalars and keeps its own replica of the whole model (for evaluation)."""
 
     def __init__(self, spec: TaskSpec):
@@ -99,17 +92,12 @@ class ZOFLServer(ServerRole):
         cfg = spec.algorithm
         self.model = JoinedModel(self.split)  # the same modules as self.client / self.server
         _, params = prepare_zo_module(self.model)
-        self.updater = ZOUpdater(params, cfg.client_optimizer, cfg.distribution)
-
-    @bookkeeping
-    def record_flops(self) -> int:
-        """FLOPs a client spends applying one (seeds, s_bar) record to its replica of the whole model."""
-        return self.updater.flops(self.spec.algorithm.perturbations)
+        self.client_updater = ZOUpdater(params, cfg.client_optimizer, cfg.distribution)  # its own replica
 
     def aggregate(self, seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[np.ndarray]) -> np.ndarray:
         """Average the planned clients' scalars (in plan order) and step this replica."""
         s_bar = mean_scalars(planned(plan, groups))
-        self.updater.apply(seeds, s_bar, self.spec.algorithm.mu)
+        self.client_updater.apply(seeds, s_bar, self.spec.algorithm.mu)
         return s_bar
 
 
@@ -125,48 +113,26 @@ class ZOFL(SeedBasedAlgorithm):
     options = frozenset({"client_optimizer", "perturbations", "mu", "distribution", "probe"})
     supports_policies = True
 
-    def local_step(
-        self,
-        rnd: int,
-        step: int,
-        active: list[int],
-        worker: dict[int, int],
-        records: dict[int, ClientRecord],
-        losses: list[float],
-        backend: Backend,
-        channel: Channel,
-    ) -> list[int]:
-        clock = channel.clock
-        seeds, active = self.open_step(rnd, step, active, channel)
-        if not active:
-            return active
-        groups = by_worker(active, worker)
-        calls = {
-            w: backend.client(w, self.client_role.probes, self.log.for_worker(w), cs, rnd, step, seeds, num_returns=2)
-            for w, cs in groups.items()
-        }
+    def local_step(self, s: Step, active: list[int]) -> list[int]:
+        groups, calls = self.to_workers(s, active, ZOFLClient.probe, s.round, s.index, s.seeds)
         scalars = [calls[w][0] for w in groups]
 
-        def submit(kept: list[int]) -> Any:  # the aggregate
-            return backend.server(self.server_role.aggregate, seeds, make_plan(kept, groups), *scalars)
+        def aggregate(kept: list[int]) -> Any:
+            return s.calls.server(ZOFLServer.aggregate, s.seeds, make_plan(kept, groups), *scalars)
 
-        def charge() -> dict[int, dict]:
-            metas = in_client_order(groups, backend.get([calls[w][1] for w in groups]))
-            for cid in active:
-                m = metas[cid]
-                clock.client_compute(cid, m["flops"])
-                channel.up(cid, m["scalars"])
-                records[cid].compute_s += m["compute_s"]
+        def probes_read() -> dict[int, dict]:
+            metas = self.read(s, groups, calls, 1)
+            self.scalars_up(
+                s, active, {c: m["flops"] for c, m in metas.items()}, {c: m["scalars"] for c, m in metas.items()}, metas
+            )
             return metas
 
-        active, s_bar, metas = self.around_barrier(clock, active, backend, worker, submit, charge)
+        active, s_bar, metas = self.around_barrier(s, active, aggregate, probes_read)
         if not active:
             return active
-        s_bar = backend.get(s_bar)
+        s_bar = s.calls.get(s_bar)
         for cid in active:
-            m, r = metas[cid], records[cid]
-            r.samples += m["samples"]
-            r.train_loss = m["loss"]
-            losses.append(m["loss"])
-        self.close_step(seeds, s_bar, active, channel)
+            s.records[cid].train_loss = metas[cid]["loss"]
+            s.losses.append(metas[cid]["loss"])
+        self.close_step(s, s_bar, active, metas)
         return active
