@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,8 @@ from hosfl_sim.zo import derive_seeds
 
 STATIC_PARTS = ("params", "buffers", "grads", "optimizer_state")
 ROUND = 1  # the round index every mode samples its batches from
+Optimizer = Literal["sgd", "adamw"]  # OptimizerConfig.name
+Probe = Literal["functional", "inplace", "batched"]  # AlgorithmConfig.probe
 
 
 @dataclasses.dataclass
@@ -76,7 +79,7 @@ def scenario_spec(scenario: Scenario, seed: int | None = None, device: str = "cp
     return dataclasses.replace(spec, device=device)
 
 
-def _with_algorithm(spec: TaskSpec, name: str, optimizer: str, probe: str | None = None) -> TaskSpec:
+def _with_algorithm(spec: TaskSpec, name: str, optimizer: Optimizer, probe: Probe | None = None) -> TaskSpec:
     base = spec.algorithm if spec.algorithm.name == "hosfl" else AlgorithmConfig()
     opt = dataclasses.replace(base.client_optimizer, name=optimizer, momentum=0.0)
     algo = dataclasses.replace(
@@ -117,7 +120,7 @@ def warm_up(spec: TaskSpec) -> None:
 # ----------------------------------------------------------------------------- the four modes
 
 
-def hosfl_mode(spec: TaskSpec, optimizer: str, probe: str, g: np.ndarray) -> Mode:
+def hosfl_mode(spec: TaskSpec, optimizer: Optimizer, probe: Probe, g: np.ndarray) -> Mode:
     spec = _with_algorithm(spec, "hosfl", optimizer, probe)
     role, cid, P = HOSFLClient(spec), _client_id(spec), spec.algorithm.perturbations
     last = {"record": (derive_seeds(spec.seed, 0, 0, P), np.zeros(P, np.float32))}
@@ -131,7 +134,7 @@ def hosfl_mode(spec: TaskSpec, optimizer: str, probe: str, g: np.ndarray) -> Mod
     return Mode("HO-SFL client", optimizer, probe, step, lambda: static_bytes(role.model, role.updater.optimizer))
 
 
-def first_order_mode(spec: TaskSpec, optimizer: str, g: np.ndarray) -> Mode:
+def first_order_mode(spec: TaskSpec, optimizer: Optimizer, g: np.ndarray) -> Mode:
     spec = _with_algorithm(spec, "sfl", optimizer)
     role, cid = SFLClient(spec), _client_id(spec)
     role.begin(cid, to_numpy(shared_state(role.base)))
@@ -144,7 +147,7 @@ def first_order_mode(spec: TaskSpec, optimizer: str, g: np.ndarray) -> Mode:
     return Mode("first-order SFL client", optimizer, "-", step, lambda: static_bytes(model, opt, grads=True))
 
 
-def centralized_mode(spec: TaskSpec, optimizer: str) -> Mode:
+def centralized_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
     spec = _with_algorithm(spec, "centralized", optimizer)
     role, batch = CentralizedServer(spec), spec.federation.batch_size
 
@@ -168,11 +171,12 @@ def inference_mode(spec: TaskSpec) -> Mode:
     return Mode("inference (client part)", "-", "-", step, lambda: static_bytes(model))
 
 
-def build_modes(spec: TaskSpec, optimizers: tuple[str, ...] = ("adamw", "sgd")) -> list[Mode]:
+def build_modes(spec: TaskSpec, optimizers: tuple[Optimizer, ...] = ("adamw", "sgd")) -> list[Mode]:
     """Every mode for `spec`, in table order. Built (and the device warmed up) before anything is measured."""
     warm_up(spec)
     g = cut_gradient(spec, _client_id(spec))
-    modes = [hosfl_mode(spec, o, p, g) for o in optimizers for p in ("inplace", "functional")]
+    probes: tuple[Probe, ...] = ("inplace", "functional")
+    modes = [hosfl_mode(spec, o, p, g) for o in optimizers for p in probes]
     modes += [first_order_mode(spec, o, g) for o in optimizers]
     modes += [centralized_mode(spec, "adamw"), inference_mode(spec)]
     return modes
@@ -187,7 +191,7 @@ def measure_mode(mode: Mode, meter: MemoryMeter, steps: int = 2) -> dict:
         for i in range(steps):
             mode.step(i)
     static = mode.static()
-    row = {"mode": mode.mode, "optimizer": mode.optimizer, "probe": mode.probe}
+    row: dict[str, Any] = {"mode": mode.mode, "optimizer": mode.optimizer, "probe": mode.probe}
     row.update({k: static[k] for k in STATIC_PARTS})
     row["static"] = static["total"]
     row["measured_peak"] = m.peak_bytes

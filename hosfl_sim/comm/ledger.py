@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,9 +85,9 @@ class Ledger:
         cols["bytes_total"] = self.total()
         return cols
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"totals": dict(self.totals), "round": self.round}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.totals = dict(state["totals"])
         self.round = int(state["round"])

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from hosfl_sim.config.schema import Scenario, directory_name
 
 _NOT_HASHED = ("name", "description", "output_dir", "runtime", "seeds", "algorithms")  # no effect on numbers
 
 
-def run_hash(scenario: dict, index: int, seed: int) -> str:
+def run_hash(scenario: dict[str, Any], index: int, seed: int) -> str:
     """sha256 of what decides a run's numbers: the resolved scenario (minus runtime and names),
     the algorithm at `index` and the seed. Computable again from a run's manifest."""
     kept = {k: v for k, v in scenario.items() if k not in _NOT_HASHED}

@@ -56,7 +56,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value is None:
             return None
         raise ConfigError(path, value, "null")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(path, value, "a mapping")
         return build(tp, value, path)
@@ -256,7 +256,7 @@ def load_scenario(name_or_path: str | dict, overrides: list[str] | None = None) 
 
 
 def to_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
 
 
 def config_hash(obj: Any) -> str:

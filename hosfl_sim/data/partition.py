@@ -6,6 +6,7 @@ so 60,000 rows over 10,000 clients take milliseconds and the same seed gives the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,7 @@ class DirichletPartitioner:
                 best, best_missing = counts, missing
             if missing == 0:
                 break
+        assert best is not None  # max_attempts >= 1
         client_of = np.empty(n, dtype=np.int64)
         clients = np.tile(np.arange(num_clients, dtype=np.int64), len(per_class))
         client_of[_grouped_by_label(y, self.rng)] = np.repeat(clients, best.ravel())
@@ -198,6 +200,7 @@ def partition_dataset(labels: np.ndarray, num_clients: int, cfg: PartitionConfig
     n = len(labels)
     if not 1 <= num_clients <= n:
         raise ConfigError("federation.num_clients", num_clients, f"an integer in [1, {n}]: every client needs a row")
+    partitioner: Callable[[np.ndarray, int], Partition]
     if cfg.scheme == "iid":
         partitioner = IidPartitioner(seed)
     elif cfg.scheme == "dirichlet":

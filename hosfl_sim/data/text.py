@@ -221,6 +221,7 @@ def load_text_dataset(data_cfg: DatasetConfig, model_cfg: ModelConfig) -> DataSp
         if data_cfg.template is not None:
             texts, pairs = _prompts(table, data_cfg.template), None
         else:
+            assert text_col is not None  # refused above when there is no template
             texts = _column(table, text_col, "task.dataset.text_column")
             pairs = _column(table, pair_col, "task.dataset.text_pair_column") if pair_col else None
         parts.append(ArrayDataset(_encode(tokenizer, texts, pairs, data_cfg.max_length), y, num_classes))
@@ -229,11 +230,11 @@ def load_text_dataset(data_cfg: DatasetConfig, model_cfg: ModelConfig) -> DataSp
 
 # ----------------------------------------------------------------------------- generated corpus
 
-_POSITIVE = ("good", "great", "wonderful", "delightful", "brilliant", "charming")
+_POSITIVE: tuple[str, ...] = ("good", "great", "wonderful", "delightful", "brilliant", "charming")
 _POSITIVE += ("moving", "superb", "enjoyable", "excellent", "fun", "beautiful")
-_NEGATIVE = ("bad", "awful", "boring", "dull", "terrible", "clumsy")
+_NEGATIVE: tuple[str, ...] = ("bad", "awful", "boring", "dull", "terrible", "clumsy")
 _NEGATIVE += ("tedious", "weak", "poor", "painful", "lifeless", "forgettable")
-_SUBJECTS = ("the movie", "the film", "the plot", "the acting", "the script", "the ending")
+_SUBJECTS: tuple[str, ...] = ("the movie", "the film", "the plot", "the acting", "the script", "the ending")
 _SUBJECTS += ("the soundtrack", "the cast", "the story", "the direction", "the dialogue", "this sequel")
 _ADVERBS = ("", "really ", "truly ", "quite ", "very ", "rather ", "surprisingly ", "utterly ")
 _TEMPLATES = ("{s} was {n}{a}{w} .", "{s} is {n}{a}{w} .", "i found {s} {n}{a}{w} .", "overall , {s} felt {n}{a}{w} .")

@@ -88,6 +88,7 @@ def chain(*measurements: Measurement) -> Measurement:
         return out
     held, peak = 0, 0
     for m in measurements:
+        assert m.peak_bytes is not None and m.retained_bytes is not None  # measured: both are set
         peak = max(peak, held + m.peak_bytes)
         held += m.retained_bytes
     out.peak_bytes, out.retained_bytes = peak, held
@@ -203,7 +204,7 @@ class _CpuSession:
         pass
 
     def stop(self, m: Measurement, after: Measurement | None) -> None:
-        from torch._C._profiler import _EventType
+        from torch._C._profiler import _EventType, _ExtraFields_Allocation
         from torch.autograd import _disable_profiler
 
         result = _disable_profiler()
@@ -211,8 +212,8 @@ class _CpuSession:
         stack = list(result.experimental_event_tree())
         while stack:  # allocations hang under the op that made them
             node = stack.pop()
-            if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-                f = node.extra_fields
+            f = node.extra_fields
+            if node.tag == _EventType.Allocation and isinstance(f, _ExtraFields_Allocation) and f.device.type == "cpu":
                 events.append((node.start_time_ns, f.alloc_size, f.ptr))
             stack.extend(node.children)
         events.sort(key=lambda e: e[0])

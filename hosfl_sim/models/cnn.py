@@ -69,7 +69,7 @@ def cnn_layers(shape: tuple[int, ...], num_classes: int, width: int) -> OrderedD
 
 def build_cnn(cfg: ModelConfig, sample_features: dict[str, np.ndarray], num_classes: int, seed: int) -> SplitModel:
     """The CNN cut at `cfg.cut`; default PyTorch init (drawn from the RNG `build_split_model` seeded)."""
-    split = split_layers(cnn_layers(image_shape(sample_features), num_classes, cfg.width), cfg.cut)
+    split = split_layers(cnn_layers(image_shape(sample_features), num_classes, cfg.width), str(cfg.cut))
     if cfg.weights is not None:
         load_vision_weights(split, cfg.weights)
     return split

@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from hosfl_sim.config import ConfigError, ModelConfig
 from hosfl_sim.data.text import MINILM_ALIASES, load_tokenizer, pretrained_path
 from hosfl_sim.hfhub import hub_error, hub_offline
 from hosfl_sim.models.split import SplitModel, register_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # config_overrides keys that are ours, not the Hugging Face config's
 _OUR_KEYS = ("random_init", "model_type", "tokenizer", "padding_side")
@@ -127,10 +131,12 @@ FAMILIES: dict[str, Family] = {
 FAMILIES["gemma3_text"] = dataclasses.replace(FAMILIES["llama"], layer_types=True)
 
 
-def _get(module: nn.Module, path: str):
+def _get(module: nn.Module, path: str) -> Any:
+    """The submodule (or attribute) at dotted `path` of `module`, None where a name is missing."""
+    obj: Any = module
     for name in filter(None, path.split(".")):
-        module = getattr(module, name, None)
-    return module
+        obj = getattr(obj, name, None)
+    return obj
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -162,6 +168,7 @@ class LayerRun(nn.Module):
         )
 
         if self.types is not None:  # per type: its mask and its rotary embedding
+            assert self.rotary is not None  # families with several layer types are rotary
             make = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
             masks = {t: make[t](self.config, h, attention_mask, None, position_ids=pos) for t in set(self.types)}
             rope = {t: self.rotary(h, pos, t) for t in set(self.types)}
@@ -242,7 +249,7 @@ def is_language_model(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
-def _load(cfg: ModelConfig, causal_lm: bool, dtype: torch.dtype) -> nn.Module:
+def _load(cfg: ModelConfig, causal_lm: bool, dtype: torch.dtype) -> PreTrainedModel:
     """The whole Hugging Face model, from local files or a random-init config; dropout set to zero."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -307,7 +314,7 @@ def _add_lora(part: nn.Module, cfg: ModelConfig, family: Family, side: str) -> N
         raise ConfigError("task.model.lora_targets", targets, f"module names found in the {side} part ({e})") from None
 
 
-def load_language_model(cfg: ModelConfig) -> nn.Module:
+def load_language_model(cfg: ModelConfig) -> PreTrainedModel:
     """The whole Hugging Face model `cfg` names (with its LM head when `cfg.head == "verbalizer"`), in
     `cfg.dtype`, dropout off. Random init draws from torch's global RNG: `build_language_model` seeds it."""
     dtype = _DTYPES[cfg.dtype]
@@ -322,7 +329,7 @@ def load_language_model(cfg: ModelConfig) -> nn.Module:
 
 
 def split_language_model(
-    model: nn.Module, cfg: ModelConfig, sample_features: dict[str, np.ndarray], num_classes: int
+    model: PreTrainedModel, cfg: ModelConfig, sample_features: dict[str, np.ndarray], num_classes: int
 ) -> SplitModel:
     """Cut `model` (from `load_language_model`) after layer `cfg.cut`, add the head and, for `finetune: lora`,
     the adapters (injected into the model's own modules, which the parts take over; nothing is copied).
@@ -345,7 +352,9 @@ def split_language_model(
     rotary = _get(stem, family.rotary) if family.rotary else None
     types = list(config.layer_types) if family.layer_types else None
     client = LanguageClient(family, embeddings, LayerRun(family, config, layers[:cut], rotary, types and types[:cut]))
-    width = model.get_input_embeddings().embedding_dim  # what the final stage outputs (OPT may project out)
+    embed = model.get_input_embeddings()
+    assert isinstance(embed, nn.Embedding)  # every family's token table
+    width = embed.embedding_dim  # what the final stage outputs (OPT may project out)
     if cfg.head == "verbalizer":  # the LM head's rows for the verbalizer tokens: logits over those tokens only
         lm_head = model.get_output_embeddings()
         rows = torch.tensor(_verbalizer_ids(cfg, num_classes))

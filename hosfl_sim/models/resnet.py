@@ -53,7 +53,7 @@ def resnet18_layers(in_channels: int, num_classes: int, width: int = 64, stem: s
     """The whole ResNet-18 as named layers (torchvision names), kaiming-initialised convs."""
     if stem == "imagenet":
         conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
-        maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
     elif stem == "cifar":
         conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         maxpool = nn.Identity()
@@ -93,7 +93,7 @@ def build_resnet18(cfg: ModelConfig, sample_features: dict[str, np.ndarray], num
     if len(shape) != 3:
         raise ValueError(f"{cfg.name} needs images shaped (B, C, H, W), got per-sample shape {shape}")
     stem = choose_stem(cfg.name, cfg, shape)
-    split = split_layers(resnet18_layers(shape[0], num_classes, cfg.width, stem), cfg.cut)
+    split = split_layers(resnet18_layers(shape[0], num_classes, cfg.width, stem), str(cfg.cut))
     if cfg.weights is not None:
         load_vision_weights(split, cfg.weights)
     return split

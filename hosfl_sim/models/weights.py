@@ -25,6 +25,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     p = hub_file(FIELD, str(path)) if str(path) in HUB_WEIGHTS else Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(FIELD, str(path), "an existing local .safetensors, .pt or .pth file, or imagenet (hub)")
+    state: object
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -52,7 +53,12 @@ def _strip_module(key: str) -> str:
 
 def _target_tensors(model: nn.Module | object) -> dict[str, torch.Tensor]:
     """Name -> tensor (sharing storage) over a module, or over client and server of a split/joined model."""
-    parts = [model.client, model.server] if hasattr(model, "client") and hasattr(model, "server") else [model]
+    if hasattr(model, "client") and hasattr(model, "server"):
+        parts = [model.client, model.server]
+    elif isinstance(model, nn.Module):
+        parts = [model]
+    else:
+        raise TypeError(f"weights load into a module, a SplitModel or a JoinedModel, not {type(model).__name__}")
     target: dict[str, torch.Tensor] = {}
     for part in parts:
         for k, v in part.state_dict(keep_vars=True).items():

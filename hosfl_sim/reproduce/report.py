@@ -58,14 +58,15 @@ def _fmt(v: float, digits: int = 1) -> str:
 def markdown(df: pd.DataFrame, title: str) -> str:
     head = "| dataset | partition | model | algorithm | seeds | ours (mean ± std) | paper | diff |"
     lines = [f"## {title}", "", head, "|---|---|---|---|---|---|---|---|"]
-    for r in df.itertuples():
-        seeds = "-" if pd.isna(r.seeds) else str(int(r.seeds))
-        mean = _fmt(r.ours) + ("" if pd.isna(r.std) else f" ± {r.std:.1f}")
-        notes = [f"{int(n)} {what}" for n, what in ((r.diverged, "diverged"), (r.not_completed, "failed")) if n > 0]
+    for r in df.to_dict("records"):
+        seeds = "-" if pd.isna(r["seeds"]) else str(int(r["seeds"]))
+        mean = _fmt(r["ours"]) + ("" if pd.isna(r["std"]) else f" ± {r['std']:.1f}")
+        failures = ((r["diverged"], "diverged"), (r["not_completed"], "failed"))
+        notes = [f"{int(n)} {what}" for n, what in failures if n > 0]
         mean += f" ({', '.join(notes)})" if notes else ""
-        diff = "-" if pd.isna(r.diff) else f"{r.diff:+.1f}"
-        lines.append(f"| {r.dataset} | {r.partition} | {r.model} | {r.algorithm} | {seeds} | {mean} | "
-                     f"{_fmt(r.paper)} | {diff} |")  # fmt: skip
+        diff = "-" if pd.isna(r["diff"]) else f"{r['diff']:+.1f}"
+        lines.append(f"| {r['dataset']} | {r['partition']} | {r['model']} | {r['algorithm']} | {seeds} | {mean} | "
+                     f"{_fmt(r['paper'])} | {diff} |")  # fmt: skip
     lines += ["", "Best test accuracy in %, the paper's metric (the best of the evaluations of the full test set).",
               "The published numbers' sources: hosfl_sim/reproduce/published.csv and reproduce.csv."]  # fmt: skip
     return "\n".join(lines) + "\n"

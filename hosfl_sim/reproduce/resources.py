@@ -67,16 +67,16 @@ def communication_table(sweep_dir: str | Path) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
     index = pd.read_parquet(sweep_dir / INDEX)
     rows = []
-    for run in index.itertuples():
-        path = sweep_dir / run.path / "rounds.parquet"
-        if run.status != "completed" or not path.exists():
-            rows.append({"cell": run.description, "algorithm": run.algorithm, "status": run.status})
+    for run in index.to_dict("records"):
+        path = sweep_dir / run["path"] / "rounds.parquet"
+        if run["status"] != "completed" or not path.exists():
+            rows.append({"cell": run["description"], "algorithm": run["algorithm"], "status": run["status"]})
             continue
         first = pd.read_parquet(path).iloc[0]
         clients = max(int(first["num_completed"]), 1)
         per_client = {c: int(first[f"bytes_{c}"]) / clients for c in CATEGORIES if f"bytes_{c}" in first}
         per_client["total"] = int(first["bytes_total"]) / clients
-        rows.append({"cell": run.description, "algorithm": run.algorithm, "status": run.status, **per_client})
+        rows.append({"cell": run["description"], "algorithm": run["algorithm"], "status": run["status"], **per_client})
     df = pd.DataFrame(rows)
     used = [c for c in CATEGORIES if c in df and (df[c].fillna(0) > 0).any()]
     cells = df["cell"].str.split("/", expand=True)
@@ -90,8 +90,7 @@ def format_bytes_table(df: pd.DataFrame, title: str) -> str:
     cols = [c for c in df.columns if c not in ("model", "dataset", "algorithm", "status")]
     lines = [f"## {title}", "", "| model | dataset | algorithm | " + " | ".join(cols) + " |"]
     lines.append("|" + "---|" * (3 + len(cols)))
-    for r in df.itertuples(index=False):
-        d = r._asdict()
+    for d in df.to_dict("records"):
         cells = ["-" if pd.isna(d[c]) else human_bytes(d[c]) for c in cols]
         status = "" if d["status"] == "completed" else f" ({d['status']})"
         lines.append(f"| {d['model']} | {d['dataset']} | {d['algorithm']}{status} | " + " | ".join(cells) + " |")

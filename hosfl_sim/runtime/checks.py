@@ -45,9 +45,11 @@ def check_deadline(system: SystemConfig, split: SplitModel, spec: TaskSpec, prof
     flops = count_flops(split.client, **x)  # one sample; FLOPs grow linearly with the batch
     batch = np.minimum(spec.federation.batch_size, spec.partition.sizes())
     fastest = float(np.min(batch * flops / profiles.compute_flops + profiles.latency_s))
-    if system.deadline_s < fastest:
+    deadline = system.deadline_s
+    assert deadline is not None  # the config requires it under the deadline policy
+    if deadline < fastest:
         expected = f"a number >= {fastest:.3g} (the fastest client's forward and one message take that long)"
-        raise ConfigError("system.deadline_s", system.deadline_s, expected)
+        raise ConfigError("system.deadline_s", deadline, expected)
 
 
 def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -> None:

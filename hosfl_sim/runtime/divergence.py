@@ -27,7 +27,7 @@ class DivergenceWatch:
         """The calls that end the round just run; the first answers the server's NaN/Inf check."""
         self.ended = futures
 
-    def check(self, result: RoundResult, row: dict, completed: int, may_defer: bool) -> str | None:
+    def check(self, result: RoundResult, row: dict[str, Any], completed: int, may_defer: bool) -> str | None:
         """Why the run has diverged at the round just logged, or None (its server check deferred if `may_defer`)."""
         if completed and not math.isfinite(result.train_loss):
             return f"train_loss is {result.train_loss}"

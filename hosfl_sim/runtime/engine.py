@@ -129,7 +129,7 @@ class Engine:
             return self._run_one(index, seed, Path(run_dir), overrides, resume, algo_cls)
 
     def _run_one(
-        self, index: int, seed: int, run_dir: Path, overrides: dict | None, resume: bool, algo_cls: type
+        self, index: int, seed: int, run_dir: Path, overrides: dict | None, resume: bool, algo_cls: type[Algorithm]
     ) -> RunSummary:
         sc = self.scenario
         algo_cfg = sc.algorithms[index]

@@ -48,6 +48,7 @@ class LocalBackend(Backend):
 
     def reset_workers(self, dead: list[int]) -> None:
         """Every worker rebuilt fresh (the contract of the Ray backend after a worker died)."""
+        assert self._setup is not None, "reset_workers before setup"
         algorithm, spec = self._setup
         self.workers = [algorithm.client_role(spec) for _ in range(self.num_workers)]
 

@@ -115,9 +115,10 @@ class RayBackend(Backend):
             log.warning("no GPU in the Ray cluster: workers and server run on the CPU")
         self.worker_opts = dict(num_cpus=cfg.worker_num_cpus, num_gpus=wgpu, max_restarts=0)
         self.workers = [self._new_worker() for _ in range(cfg.num_workers)]
-        self.server_actor = ServerActor.options(num_cpus=cfg.server_num_cpus, num_gpus=sgpu, max_restarts=0).remote(
-            cfg.torch_threads
-        )
+        # Any: Ray types an actor's methods as the plain functions, without .remote and .options
+        self.server_actor: Any = ServerActor.options(
+            num_cpus=cfg.server_num_cpus, num_gpus=sgpu, max_restarts=0
+        ).remote(cfg.torch_threads)
         self._setup: tuple[type[Algorithm], ray.ObjectRef] | None = None
 
     def _new_worker(self) -> Any:
@@ -133,6 +134,7 @@ class RayBackend(Backend):
 
     def reset_workers(self, dead: list[int]) -> None:
         """New actors in place of the `dead` ones, then every worker's role rebuilt fresh."""
+        assert self._setup is not None, "reset_workers before setup"
         algorithm, ref = self._setup
         for w in dead:
             ray.kill(self.workers[w], no_restart=True)

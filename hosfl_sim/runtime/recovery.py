@@ -18,7 +18,7 @@ import numpy as np
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, RoundResult
-from hosfl_sim.algorithms.roles import ServerRole
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.comm import Ledger
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.runtime.errors import WorkerLost
@@ -32,7 +32,7 @@ MAX_ATTEMPTS = 3  # runs of one round that lose workers before the run gives up
 class RoundMemory:
     """Peak memory of a round's work, measured inside every role: switched on before the round, read after."""
 
-    def __init__(self, backend: Backend, roles: tuple[type, type[ServerRole]]):
+    def __init__(self, backend: Backend, roles: tuple[type[ClientRole], type[ServerRole]]):
         self.backend, self.roles = backend, roles
 
     def _set(self, on: bool) -> None:
@@ -44,12 +44,12 @@ class RoundMemory:
     def start(self) -> None:
         self._set(True)
 
-    def collect(self) -> dict:
+    def collect(self) -> dict[int | None, dict[str, Any]]:
         """{client_id or None (the server): its measured stats}, the highest peak where a client was on two roles."""
         b, (client, server) = self.backend, self.roles
         parts = b.get([b.client(w, client.pop_stats) for w in range(b.num_workers)] + [b.server(server.pop_stats)])
         self._set(False)
-        merged: dict = {}
+        merged: dict[int | None, dict[str, Any]] = {}
         for part in parts:
             for cid, m in part.items():
                 old = merged.get(cid)
@@ -65,7 +65,7 @@ def run_round_surviving(
     ledger: Ledger,
     clock_for: Callable[[np.ndarray], RoundClock],
     memory: RoundMemory | None,
-) -> tuple[RoundResult, RoundClock, dict[int, int], dict[Any, dict]]:
+) -> tuple[RoundResult, RoundClock, dict[int, int], dict[int | None, dict[str, Any]]]:
     """Run the round; when workers die, run it again from its start without their clients. Returns the result,
     the clock of the attempt that finished, {failed client: its worker} and the measured memory ({} unmeasured).
     The round's start: the ledger's totals, the algorithm's round mark (O(K), no copy of the replay log) and,

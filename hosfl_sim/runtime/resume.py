@@ -27,7 +27,7 @@ class RunSummary:
     final: dict[str, Any]
 
 
-def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> RunSummary | dict | None:
+def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> RunSummary | dict[str, Any] | None:
     """A run that ended (kept as is), a checkpoint to go on from, or None (start afresh)."""
     if not (run_dir / "manifest.json").exists():
         return None
@@ -38,7 +38,7 @@ def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> Ru
         raise ConfigError("--resume", str(run_dir), expected)
     if manifest["status"] in ENDED:
         rounds = pd.read_parquet(run_dir / "rounds.parquet")
-        final = rounds.iloc[-1].to_dict() if len(rounds) else {}
+        final = {str(k): v for k, v in rounds.iloc[-1].to_dict().items()} if len(rounds) else {}
         return RunSummary(manifest["algorithm"], seed, run_dir, manifest["status"], len(rounds), final)
     try:
         state = load_checkpoint(run_dir)
@@ -50,8 +50,9 @@ def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> Ru
 
 
 def save_run(
-    recorder: Recorder, scenario: Scenario, index: int, seed: int, rnd: int, engine: dict, algorithm: dict, server: dict
-) -> None:
+    recorder: Recorder, scenario: Scenario, index: int, seed: int, rnd: int,
+    engine: dict[str, Any], algorithm: dict[str, Any], server: dict[str, Any],
+) -> None:  # fmt: skip
     """A checkpoint of the run after round `rnd`: the engine's, the algorithm's and the server's state, and where
     the recorder stands (checkpoint.py says how it is written)."""
     state = {

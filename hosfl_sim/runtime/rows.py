@@ -13,8 +13,8 @@ from hosfl_sim.system.profiles import DeviceProfiles
 
 
 def client_rows(
-    base: dict, clients: np.ndarray, result: RoundResult, failed: dict[int, int], clock: RoundClock,
-    ledger: Ledger, profiles: DeviceProfiles, memory: dict,
+    base: dict[str, Any], clients: np.ndarray, result: RoundResult, failed: dict[int, int], clock: RoundClock,
+    ledger: Ledger, profiles: DeviceProfiles, memory: dict[int | None, dict[str, Any]],
 ) -> list[dict[str, Any]]:  # fmt: skip
     """clients.parquet rows of one round, in sampling order: those that ran, then as `failed` those whose
     worker died (nothing of theirs was used)."""
@@ -36,8 +36,8 @@ def client_rows(
 
 
 def round_row(
-    base: dict, result: RoundResult, clients: np.ndarray, completed: int, times: dict[str, Any], samples_seen: int,
-    ledger: Ledger, memory: dict, measuring: bool,
+    base: dict[str, Any], result: RoundResult, clients: np.ndarray, completed: int, times: dict[str, Any],
+    samples_seen: int, ledger: Ledger, memory: dict[int | None, dict[str, Any]], measuring: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """The rounds.parquet row of a round, its evaluation columns empty (`times`: best_test_acc so far and the
     wall, simulated and round times, in that order)."""

@@ -121,7 +121,9 @@ class RoundClock:
         if self.quota is not None:
             kept, self.quota = order[: self.quota], None
         if self.cfg.policy == "deadline":  # the server knows from the profiles who cannot make it
-            kept = [c for c in kept if self.clients[c].t <= self.cfg.deadline_s]
+            deadline = self.cfg.deadline_s
+            assert deadline is not None  # the config requires it under the deadline policy
+            kept = [c for c in kept if self.clients[c].t <= deadline]
         for c in set(live) - set(kept):
             self.clients[c].status = STRAGGLER
         t = max([self.clients[c].t for c in kept] + [self.last_barrier])

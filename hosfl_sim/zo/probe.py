@@ -29,7 +29,9 @@ PROBE_CHUNK = 8  # most probes one vmapped forward evaluates ("batched")
 class Prober:
     """Forwards of `module` with its `params` (named `names`, in order) perturbed along seeded directions."""
 
-    def __init__(self, module: nn.Module, names: list[str], params: list[torch.Tensor], distribution: str, kind: str):
+    def __init__(
+        self, module: nn.Module, names: list[str], params: Sequence[torch.Tensor], distribution: str, kind: str
+    ):
         self.module, self.names, self.params = module, names, params
         self.distribution, self.kind = distribution, kind
         self.vmap_ok = True

@@ -21,7 +21,7 @@ def make_optimizer(params: Sequence[torch.Tensor], cfg: OptimizerConfig) -> torc
     params = list(params)
     if cfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, foreach=False
+            params, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay, foreach=False
         )
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=False)
 
@@ -53,11 +53,13 @@ class ZOUpdater:
                 for p, u in zip(self.params, directions(self.params, int(seed), self.distribution)):
                     p.add_(u, alpha=-lr * float(c))
             return
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
+        grads = [torch.zeros_like(p) for p in self.params]
+        for p, g in zip(self.params, grads):
+            p.grad = g
         for seed, c in zip(seeds, coefs):
-            for p, u in zip(self.params, directions(self.params, int(seed), self.distribution)):
-                p.grad.add_(u, alpha=float(c))
+            for g, u in zip(grads, directions(self.params, int(seed), self.distribution)):
+                g.add_(u, alpha=float(c))
+        assert self.optimizer is not None  # every optimizer but buffer-free SGD
         self.optimizer.step()
         for p in self.params:
             p.grad = None
