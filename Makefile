@@ -36,6 +36,7 @@ plots: $(STAMP)  ## make plots RUNS=runs/quickstart
 test: $(STAMP)
 	$(VENV)/bin/ruff check hosfl_sim tests bench examples
 	$(VENV)/bin/ruff format --check hosfl_sim tests bench examples
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
@@ -56,4 +57,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix hosfl_sim tests bench examples
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
