@@ -8,7 +8,7 @@ Import this module (or name it in an entry point) and scenarios can say `algorit
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms import Algorithm, Backend, ClientRecord, RoundResult, register
+from hosfl_sim.algorithms import Algorithm, Backend, RoundResult, register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor
 from hosfl_sim.comm.channel import Channel
@@ -60,8 +60,7 @@ class FrozenClientSL(Algorithm):
     options = frozenset({"server_optimizer"})  # the fields of its section it reads, besides the common ones
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         losses: list[float] = []
         for step in range(self.cfg.local_steps):
             sent = {c: backend.client(w, FrozenClient.forward, c, rnd, step, num_returns=2) for c, w in worker.items()}

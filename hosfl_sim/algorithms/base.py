@@ -25,6 +25,7 @@ from hosfl_sim.algorithms.replay import ReplayLog
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.task import TaskSpec, local_steps_for
 from hosfl_sim.comm.channel import Channel
+from hosfl_sim.comm.messages import Message
 from hosfl_sim.config import AlgorithmConfig, FederationConfig
 from hosfl_sim.models import SplitModel
 from hosfl_sim.system.clock import RoundClock
@@ -148,6 +149,19 @@ class Algorithm(ABC):
     def worker_of(self, position: int) -> int:
         """Which worker serves the client at this position in the round's sample."""
         return position % self.num_workers
+
+    def assign(self, clients: np.ndarray) -> tuple[dict[int, int], dict[int, ClientRecord]]:
+        """The round's clients: the worker that serves each (`worker_of`), and an empty record each."""
+        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
+        return worker, {c: ClientRecord(c, w) for c, w in worker.items()}
+
+    @staticmethod
+    def send_model(clients: np.ndarray | list[int], channel: Channel, model: Message) -> list[int]:
+        """The global model down to every sampled client; those that fail mid-round drop out once they have it."""
+        active = [int(c) for c in clients]
+        for cid in active:
+            channel.down(cid, model)
+        return channel.clock.drop_failed(active)
 
     @abstractmethod
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:

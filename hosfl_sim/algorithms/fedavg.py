@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, load_numpy, shared_state, to_numpy
@@ -105,14 +105,10 @@ class FedAvg(Algorithm):
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         global_state, size = backend.server(self.server_role.global_state, num_returns=2)
         weights = backend.get(size)  # uploads have the same keys, shapes and dtypes
-        active = [int(c) for c in clients]
-        for cid in active:
-            channel.down(cid, weights)
-        active = clock.drop_failed(active)
+        active = self.send_model(clients, channel, weights)
         results = {
             c: backend.client(worker[c], self.client_role.train, c, rnd, global_state, num_returns=2) for c in active
         }

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, load_numpy, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors
@@ -166,15 +166,11 @@ class FSLSAGE(Algorithm):
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         cfg, clock = self.cfg, channel.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
-        active = [int(c) for c in clients]
+        worker, records = self.assign(clients)
         global_state, size = backend.server(self.server_role.global_client, num_returns=2)
         aux_state, aux_size = backend.server(self.server_role.global_aux, num_returns=2)
         client_part, aux_head = backend.get([size, aux_size])
-        for cid in active:
-            channel.down(cid, client_part + aux_head)
-        active = clock.drop_failed(active)
+        active = self.send_model(clients, channel, client_part + aux_head)
         for cid in active:
             backend.later(backend.client(worker[cid], self.client_role.begin, cid, global_state, aux_state))
         plan = []  # per local step: (aligned, [(client, futures)])

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.fsl_sage import estimated_grad
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
@@ -257,8 +257,7 @@ class FSLSAGEPersistent(Algorithm):
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         active = [int(c) for c in clients]
         global_state, size = backend.server(self.server_role.global_client, num_returns=2)
         aligned = {

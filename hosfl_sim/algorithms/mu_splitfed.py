@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.sfl import average_into, charge_split_steps, load_numpy, split_steps, to_numpy
@@ -199,8 +199,7 @@ class MUSplitFed(Algorithm):
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         active, client_part, server_copy = begin_copies_round(self, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:

@@ -75,8 +75,7 @@ class SeedBasedAlgorithm(Algorithm):
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         if self.record_flops is None:
             self.record_flops = int(backend.get(backend.server(self.server_role.record_flops)))
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         active, losses = [int(c) for c in clients], []
         for step in range(self.cfg.local_steps):
             seeds, active = self.open_step(rnd, step, active, channel)

@@ -196,14 +196,10 @@ class SFL(Algorithm):
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         global_state, size = backend.server(self.server_role.global_client, num_returns=2)
         weights = backend.get(size)  # uploads have the same keys and shapes
-        active = [int(c) for c in clients]
-        for cid in active:
-            channel.down(cid, weights)
-        active = clock.drop_failed(active)
+        active = self.send_model(clients, channel, weights)
         for cid in active:
             backend.later(backend.client(worker[cid], self.client_role.begin, cid, global_state))
 

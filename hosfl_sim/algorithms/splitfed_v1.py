@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
-from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
+from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import (
     SFLClient,
@@ -63,10 +63,9 @@ def begin_copies_round(
     active = [int(c) for c in clients]
     global_state, size = backend.server(algorithm.server_role.global_client, num_returns=2)
     client_part, server_copy = backend.get([size, backend.server(algorithm.server_role.begin_copies, *active)])
-    for cid in active:
-        channel.down(cid, client_part)
-        channel.down(SERVER_LINK, server_copy)
-    active = channel.clock.drop_failed(active)
+    for _ in active:
+        channel.down(SERVER_LINK, server_copy)  # a copy per client, fed server -> main server
+    active = algorithm.send_model(active, channel, client_part)
     for cid in active:
         backend.later(backend.client(worker[cid], algorithm.client_role.begin, cid, global_state))
     return active, client_part, server_copy
@@ -127,8 +126,7 @@ class SplitFedV1(Algorithm):
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
-        worker = {int(c): self.worker_of(i) for i, c in enumerate(clients)}
-        records = {c: ClientRecord(c, w) for c, w in worker.items()}
+        worker, records = self.assign(clients)
         active, client_part, server_copy = begin_copies_round(self, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:
