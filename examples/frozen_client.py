@@ -37,6 +37,9 @@ class HeadServer(ServerRole):
         super().__init__(spec)
         self.optimizer = make_optimizer(list(self.server.parameters()), spec.algorithm.server_optimizer)
 
+    def state(self) -> dict:  # what outlives a round: checkpoints, and a rerun after a worker died, restore it
+        return {**super().state(), "optimizer": self.optimizer}
+
     def train_step(self, *uploads: dict) -> dict:
         """One first-order step on the mean loss of the uploads."""
         self.optimizer.zero_grad(set_to_none=True)

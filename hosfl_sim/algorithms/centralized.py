@@ -16,6 +16,8 @@ FLOPs) per mini-batch at `system.server_flops`; no client is in the loop, so no 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -83,6 +85,9 @@ class CentralizedServer(GlobalBatchServer):
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, spec.algorithm.server_optimizer)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "model": self.model, "optimizer": self.optimizer}
 
     def batch_step(self, x: dict[str, torch.Tensor], y: torch.Tensor, round_idx: int, index: int) -> float:
         loss = self.loss(self.model(**x), y)  # logits (B, num_classes)

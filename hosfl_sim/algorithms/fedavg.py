@@ -16,6 +16,8 @@ and training loss are those of the kept clients, the only work the global model 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -81,6 +83,9 @@ class FedAvgServer(ServerRole):
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
         self.model = JoinedModel(self.split)  # the same modules as self.client / self.server
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "model": self.model}
 
     def global_state(self) -> tuple[dict[str, np.ndarray], Weights]:
         state = to_numpy(shared_state(self.model))

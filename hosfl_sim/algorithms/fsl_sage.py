@@ -32,6 +32,7 @@ averages only the clients it kept. A round's samples and training loss are the k
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +88,10 @@ class FSLSAGEClient(SFLClient):
         self.aux_base = build_aux(spec, self.base, self.split.input_keys)
         self.aux: dict[int, tuple[nn.Module, torch.optim.Optimizer, list]] = {}
 
+    def forget(self, client_id: int) -> None:
+        super().forget(client_id)
+        self.aux.pop(client_id, None)
+
     def begin(self, client_id: int, global_state: dict[str, np.ndarray], aux_state: dict[str, np.ndarray]) -> None:
         super().begin(client_id, global_state)
         head = copy.deepcopy(self.aux_base)
@@ -139,6 +144,9 @@ class FSLSAGEServer(SFLServer):
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
         self.aux = build_aux(spec, self.client, self.split.input_keys)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "aux": self.aux}
 
     def global_aux(self) -> tuple[dict[str, np.ndarray], Weights]:
         state = to_numpy(self.aux.state_dict())

@@ -157,8 +157,8 @@ class FSLSAGEPersistentServer(SFLServer):
         self.channels = cut_channels(spec, self.client, self.split.input_keys)
 
     # The aux states are part of the role's state (checkpoints, a round's rollback), beside its modules.
-    def _attr_states(self) -> dict:
-        return {**super()._attr_states(), "aux_clients": self.aux_states}
+    def state_dicts(self) -> dict:
+        return {**super().state_dicts(), "aux_clients": self.aux_states}
 
     @bookkeeping
     def load_state_dict(self, state: dict) -> None:

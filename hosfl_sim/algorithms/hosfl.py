@@ -32,6 +32,9 @@ class HOSFLClient(ZOClient):
         super().__init__(spec)
         self.pending: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}  # (x, a) until its probes
 
+    def forget(self, client_id: int) -> None:
+        self.pending.pop(client_id, None)
+
     @torch.no_grad()
     def anchor(self, records: list, client_id: int, rnd: int, step: int) -> tuple[dict, dict]:
         """a = f_c(theta_c; x) on the client's batch, up with y (after the records its replica missed)."""
@@ -65,6 +68,9 @@ class HOSFLServer(ReplicaServer):
         self.server.train()
         self.params = [p for p in self.server.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg.server_optimizer)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "client_updater": self.client_updater, "optimizer": self.optimizer}
 
     def train_step(self, plan: list[tuple[int, int]], *groups: list[dict]) -> list:
         """One first-order step on the planned uploads (the kept clients, in client order); returns, per group, the

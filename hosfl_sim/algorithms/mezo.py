@@ -15,6 +15,8 @@ joined model per mini-batch at `system.server_flops` (the update does no forward
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -33,6 +35,9 @@ class MeZOServer(GlobalBatchServer):
         self.model = JoinedModel(self.split)  # the same modules as self.client / self.server
         _, self.params = prepare_zo_module(self.model)
         self.updater = ZOUpdater(self.params, cfg.server_optimizer, cfg.distribution)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "model": self.model, "updater": self.updater}
 
     @torch.no_grad()
     def loss_at(self, x: dict[str, torch.Tensor], y: torch.Tensor) -> float:

@@ -92,6 +92,10 @@ class MUSplitFedClient(ClientRole):
         self.local: dict[int, ZOCopy] = {}
         self.seed_of: dict[int, int] = {}
 
+    def forget(self, client_id: int) -> None:
+        self.local.pop(client_id, None)
+        self.seed_of.pop(client_id, None)
+
     def begin(self, client_id: int, global_state: dict[str, np.ndarray]) -> None:
         cfg = self.spec.algorithm
         self.local[client_id] = ZOCopy(self.base, self.names, global_state, cfg.client_optimizer, cfg)

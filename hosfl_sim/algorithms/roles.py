@@ -52,6 +52,10 @@ class ClientRole(Role):
         self.split = spec.build_model()
         self._init_measuring(self.device)
 
+    def state(self) -> dict[str, Any]:
+        """Nothing: a worker's replica is rebuilt from the server (its copy, or the replay log)."""
+        return {}
+
     def static_optimizer(self) -> torch.optim.Optimizer | None:
         """The optimizer whose state a client keeps (predicted before its first step)."""
         params = [p for p in self.split.client.parameters() if p.requires_grad]
@@ -88,10 +92,8 @@ class ClientRole(Role):
         out = [method(self, c, v, *args) for c, v in zip(client_ids, values)]
         return [r for r, _ in out], [meta for _, meta in out]
 
-    def forget(self, client_id: int) -> None:
+    def forget(self, client_id: int) -> None:  # noqa: B027  (a no-op for roles that keep nothing per client)
         """Drop what a client left pending (it was dropped from the round)."""
-        for name in ("pending", "local"):
-            getattr(self, name, {}).pop(client_id, None)
 
 
 class ServerRole(Role):
@@ -111,6 +113,10 @@ class ServerRole(Role):
             return super().invoke(method, *args)
         with self.work(None):
             return super().invoke(method, *args)
+
+    def state(self) -> dict[str, Any]:
+        """Both parts; a subclass adds its optimizers, updaters and other models."""
+        return {"client": self.client, "server": self.server}
 
     def static_memory(self) -> int:
         """Parameters and buffers the server holds (both parts), its gradients and optimizer state."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +118,10 @@ class SFLClient(ClientRole):
         self.local: dict[int, tuple[nn.Module, torch.optim.Optimizer]] = {}
         self.pending: dict[int, torch.Tensor] = {}
 
+    def forget(self, client_id: int) -> None:
+        self.local.pop(client_id, None)
+        self.pending.pop(client_id, None)
+
     def begin(self, client_id: int, global_state: dict[str, np.ndarray]) -> None:
         model = copy.deepcopy(self.base)
         load_numpy(model, global_state)
@@ -162,6 +167,9 @@ class SFLServer(ServerRole):
         self.server.train()
         self.params = [p for p in self.server.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, spec.algorithm.server_optimizer)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "optimizer": self.optimizer}
 
     def global_client(self) -> tuple[dict[str, np.ndarray], Weights]:
         state = to_numpy(shared_state(self.client))

@@ -61,6 +61,9 @@ class SFLZOServer(ReplicaServer):
         self.server_updater = ZOUpdater(self.params, cfg.server_optimizer, cfg.distribution)
         self.prober = Prober(self.server, self.names, self.params, cfg.distribution, "functional")
 
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "client_updater": self.client_updater, "server_updater": self.server_updater}
+
     @torch.no_grad()
     def differences(
         self, server_seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[dict]

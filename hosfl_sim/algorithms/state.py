@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from hosfl_sim.memory import Measurement, MemoryMeter
-from hosfl_sim.zo import ZOUpdater
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,12 +73,6 @@ class Measured:
         raise NotImplementedError
 
 
-def _state_attrs(obj: object) -> dict[str, Any]:
-    """The attributes that hold training state, by name: modules, optimizers and ZO updaters."""
-    kinds = (nn.Module, torch.optim.Optimizer, ZOUpdater)
-    return {name: v for name, v in sorted(vars(obj).items()) if isinstance(v, kinds)}
-
-
 def _cpu(tree: Any) -> Any:
     if isinstance(tree, torch.Tensor):
         return tree.detach().cpu()
@@ -107,24 +100,28 @@ def _cpu_copy(tree: Any, memo: dict) -> Any:
 
 
 class RoleState:
-    """A role's state, generic over its attributes: every nn.Module, torch.optim.Optimizer and ZOUpdater the
-    role holds directly, plus its process's torch RNG. Containers of per-round objects (a client's copy in
-    flight, the server copies of SplitFed-V1) are empty between rounds and not part of it, so a role must
-    keep anything that outlives a round in such an attribute. Modules that share tensors are saved under
-    each name; torch.save stores the shared storage once.
+    """A role's state: what its `state()` declares (modules, optimizers, ZO updaters: anything with a state_dict),
+    plus its process's torch RNG. Per-round objects (a client's copy in flight, the server copies of SplitFed-V1)
+    are gone between rounds and not part of it. Modules that share tensors are saved under each name; torch.save
+    stores the shared storage once.
     """
 
-    def _attr_states(self) -> dict[str, Any]:
-        return {name: v.state_dict() for name, v in _state_attrs(self).items()}
+    def state(self) -> dict[str, Any]:
+        """{name: object with state_dict / load_state_dict} of everything in this role that outlives a round."""
+        raise NotImplementedError(f"{type(self).__name__} declares no state()")
+
+    def state_dicts(self) -> dict[str, Any]:
+        """The declared objects' state dicts (a role with state of another kind adds it here)."""
+        return {name: v.state_dict() for name, v in self.state().items()}
 
     @bookkeeping
     def state_dict(self) -> dict[str, Any]:
         """CPU tensors and plain values; it may share tensors with the live role (as torch's state_dict does)."""
-        return {"attrs": _cpu(self._attr_states()), "torch_rng": torch.get_rng_state()}
+        return {"attrs": _cpu(self.state_dicts()), "torch_rng": torch.get_rng_state()}
 
     @bookkeeping
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        attrs = _state_attrs(self)
+        attrs = self.state()
         if set(attrs) != set(state["attrs"]):
             raise ValueError(f"{type(self).__name__}: state holds {sorted(state['attrs'])}, the role {sorted(attrs)}")
         for name, value in state["attrs"].items():
@@ -134,13 +131,13 @@ class RoleState:
     @bookkeeping
     def snapshot(self) -> None:
         """Keep a copy of the state in this process (the start of a round, so the round can be run again)."""
-        self._snapshot = {"attrs": _cpu_copy(self._attr_states(), {}), "torch_rng": torch.get_rng_state()}
+        self._snapshot = {"attrs": _cpu_copy(self.state_dicts(), {}), "torch_rng": torch.get_rng_state()}
 
     @bookkeeping
     def restore(self) -> None:
         """Back to the last snapshot; measurements of the abandoned work are dropped."""
         self.load_state_dict(_cpu_copy(self._snapshot, {}))  # a copy: optimizers may adopt the loaded tensors
-        self.__dict__["stats"] = {}
+        self.stats = {}
 
     @bookkeeping
     @torch.no_grad()
@@ -148,7 +145,7 @@ class RoleState:
         """The first floating parameter or buffer holding a NaN or Inf (`attribute.name`), or None."""
         named = [
             (f"{name}.{key}", t)
-            for name, v in _state_attrs(self).items()
+            for name, v in self.state().items()
             if isinstance(v, nn.Module)
             for key, t in itertools.chain(v.named_parameters(), v.named_buffers())
             if t.is_floating_point()

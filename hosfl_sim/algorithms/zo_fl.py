@@ -94,6 +94,9 @@ class ZOFLServer(ReplicaServer):
         _, params = prepare_zo_module(self.model)
         self.client_updater = ZOUpdater(params, cfg.client_optimizer, cfg.distribution)  # its own replica
 
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "model": self.model, "client_updater": self.client_updater}
+
     def aggregate(self, seeds: np.ndarray, plan: list[tuple[int, int]], *groups: list[np.ndarray]) -> np.ndarray:
         """Average the planned clients' scalars (in plan order) and step this replica."""
         s_bar = mean_scalars(planned(plan, groups))
