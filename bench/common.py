@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -109,6 +110,7 @@ def timed_method(cls: type, name: str) -> Iterator[list[float]]:
     original = getattr(cls, name)
     seconds: list[float] = []
 
+    @functools.wraps(original)  # under the original's name: roles check the method a call names
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         try:

@@ -28,7 +28,7 @@ import pandas as pd
 from bench.common import cnn_scenario, machine, ratio_line, round_seconds, timed_method
 from bench.proposals import PerClientHOSFL, register
 from bench.worker_scaling import CONFIGS, PERTURBATIONS
-from hosfl_sim.algorithms import HOSFL
+from hosfl_sim.algorithms.hosfl import HOSFL
 from hosfl_sim.config import load_scenario
 from hosfl_sim.runtime import Engine
 from hosfl_sim.runtime.local import LocalBackend

@@ -113,7 +113,7 @@ def one(num_clients: int, rounds: int, samples: int) -> dict:
 def round_times(clients: list[int], rounds: int, samples: int) -> dict[int, tuple[float, float]]:
     """{N: (median run_round s, median engine round s)}: one backend for every run, after a warm-up run,
     N in the order A B C C B A so that a drift of the machine's load hits every N alike."""
-    from hosfl_sim.algorithms import HOSFL
+    from hosfl_sim.algorithms.hosfl import HOSFL
     from hosfl_sim.config import load_scenario
     from hosfl_sim.runtime import Engine
     from hosfl_sim.runtime.ray_backend import RayBackend

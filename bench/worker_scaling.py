@@ -138,8 +138,8 @@ def client_share(task: dict, rounds: int, out: Path, p: int = 5) -> float:
 
     sc = load_scenario(scenario(task, 1, rounds, p=p))
     with (
-        timed_method(HOSFLClient, "anchors") as anchors,
-        timed_method(HOSFLClient, "probes") as probes,
+        timed_method(HOSFLClient, "each") as anchors,  # one worker: a call is every client's anchor
+        timed_method(HOSFLClient, "each_of") as probes,  # and every client's probes
         timed_method(HOSFLServer, "train_step") as steps,
     ):
         Engine(sc, backend=LocalBackend(1, 1), progress=False).run_one(0, 0, out / "amdahl")
