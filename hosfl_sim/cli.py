@@ -281,6 +281,7 @@ def _reproduce_arguments(rp: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("hosfl_sim.progress").setLevel(logging.INFO)  # off a terminal, progress lines go here
     try:
         return args.fn(args)
     except ConfigError as e:

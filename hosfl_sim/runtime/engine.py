@@ -26,7 +26,7 @@ from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
 from hosfl_sim.record import Recorder, build_manifest
 from hosfl_sim.runtime.backends import make_backend
-from hosfl_sim.runtime.callbacks import LogRounds, ProgressBar
+from hosfl_sim.runtime.callbacks import LogRounds, progress
 from hosfl_sim.runtime.checkpoint import remove_checkpoint
 from hosfl_sim.runtime.checks import check_algorithm, check_scenario
 from hosfl_sim.runtime.cluster import check_address
@@ -48,10 +48,13 @@ class Engine:
     starts on first use. `request_stop()` (e.g. from a signal handler) ends the current run after its
     round, with a checkpoint, and starts no further run."""
 
-    def __init__(self, scenario: Scenario, backend: Any | None = None, progress: bool = True):
+    def __init__(
+        self, scenario: Scenario, backend: Any | None = None, progress: bool = True, progress_every_s: float = 30.0
+    ):
         self.scenario = scenario
         self._backend = backend
         self.progress = progress
+        self.progress_every_s = progress_every_s  # off a terminal: a progress line this often
         self._data: DataSplit | None = None
         self.stop_requested = False
         self.checkpoint_round: int | None = None  # of the run in progress
@@ -206,7 +209,7 @@ class Engine:
         quota = fed.clients_per_round if system.policy == "overcommit" else None
         run, first = self._start(algorithm, seed, state)
         label = f"{algorithm.cfg.display_name} seed {seed}"
-        callbacks = [LogRounds(recorder), ProgressBar(label, fed.rounds, first - 1, self.progress)]
+        callbacks = [LogRounds(recorder), progress(label, fed.rounds, first - 1, self.progress, self.progress_every_s)]
         status, rnd = "completed", first - 1
         for rnd in range(first, fed.rounds + 1):
             clients = run.sample(availability.available(rnd), fed, system)

@@ -72,7 +72,7 @@ def _run_task(
     target = Path(run_dir) if shared else Path(tempfile.mkdtemp(prefix="hosfl-run-"))
     status, error = "failed", None
     try:
-        engine = Engine(load_scenario(scenario), progress=False)
+        engine = Engine(load_scenario(scenario))  # no terminal in a task: a progress line every 30 s
         status = engine.run_one(index, seed, target, overrides).status
     except Exception:
         error = traceback.format_exc()
