@@ -1,3 +1,8 @@
 """hosfl_sim: a Ray-based simulator of split federated learning with backprop-free clients."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hosfl_sim")
+except PackageNotFoundError:  # a checkout that was never installed
+    __version__ = "0+unknown"

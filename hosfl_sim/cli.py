@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from hosfl_sim import __version__
 from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario
 from hosfl_sim.config.load import SCENARIO_DIR
 
@@ -194,6 +195,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hosfl-sim", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _run_arguments(sub.add_parser("run", help="run a scenario: every algorithm x seed it names"))
     _list_arguments(sub.add_parser("list", help="list scenarios (or algorithms)"))

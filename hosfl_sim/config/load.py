@@ -18,7 +18,8 @@ import yaml
 
 from hosfl_sim.config.schema import ConfigError, Scenario
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+# the shipped scenarios: the repository's scenarios/ (hosfl_sim/scenarios links to it; a wheel carries a copy)
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 def _type_name(tp: Any) -> str:
