@@ -16,7 +16,7 @@ FLOPs) per mini-batch at `system.server_flops`; no client is in the loop, so no 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +56,8 @@ class IdleClient(ClientRole):
 
 class GlobalBatchServer(ServerRole):
     """A server that trains the joined model itself on the round's global mini-batches (`global_batch`)."""
+
+    model: JoinedModel  # the same modules as self.client / self.server (set by each subclass)
 
     def batch_step(self, x: dict[str, torch.Tensor], y: torch.Tensor, round_idx: int, index: int) -> float:
         """One step on mini-batch `index` of the round; returns its loss."""
@@ -108,7 +110,7 @@ class Centralized(Algorithm):
         "IID batches of the whole train set, as many samples per round as the split methods; nothing crosses a network"
     )
     client_role = IdleClient
-    server_role = CentralizedServer
+    server_role: ClassVar[type[GlobalBatchServer]] = CentralizedServer
     options = frozenset({"server_optimizer"})
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:

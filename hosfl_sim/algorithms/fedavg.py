@@ -16,10 +16,11 @@ and training loss are those of the kept clients, the only work the global model 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, RoundResult
@@ -33,7 +34,14 @@ from hosfl_sim.models import JoinedModel
 from hosfl_sim.zo import make_optimizer
 
 
-def whole_model_flops(role: ClientRole | ServerRole, inputs: dict[str, torch.Tensor]) -> int:
+class JoinedRole(Protocol):
+    """A role that holds the joined model (client part + server part) as `model`."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+
+def whole_model_flops(role: JoinedRole, inputs: dict[str, torch.Tensor]) -> int:
     """FLOPs of one forward of `role.model` (client part + server part joined) on a batch of this shape,
     counted once per shape."""
     cache = role.__dict__.setdefault("_model_flops", {})

@@ -42,7 +42,7 @@ from torch import nn
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.registry import register
-from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, average_into, load_numpy, to_numpy
+from hosfl_sim.algorithms.sfl import SFLServer, SplitClient, average_into, load_numpy, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import CutGrad, Weights
@@ -50,7 +50,7 @@ from hosfl_sim.comm.messages import CutGrad, Weights
 AUX_SEED_TAG = 17  # mixed with the run seed to initialise the aux head
 
 
-def build_aux(spec: TaskSpec, client: nn.Module, input_keys: tuple[str, ...]) -> nn.Module:
+def build_aux(spec: TaskSpec, client: nn.Module, input_keys: tuple[str, ...]) -> nn.Sequential:
     """The aux head for this task's activation shape, initialised from the run seed (the same in every process)."""
     feats = {k: v[:1] for k, v in spec.train.features.items() if k in input_keys}
     with torch.no_grad():
@@ -70,30 +70,31 @@ def estimated_grad(aux: nn.Module, a: torch.Tensor, y: torch.Tensor, create_grap
     return g_hat, loss
 
 
-def aux_flops(aux: nn.Module, batch: int, refit: bool) -> int:
+def aux_flops(aux: nn.Sequential, batch: int, refit: bool) -> int:
     """FLOPs of the aux head's gradient estimate on `batch` activations, counted as FlopCounterMode counts (matmuls,
     2 per multiply-add): the forward and the input gradient, one (B, F) x (F, C) product each; one refit iteration
     adds the backward of the MSE through both, towards phi and towards a: four more. (The head is one linear map,
     so this is exact; FlopCounterMode itself cannot run under autograd.grad.)"""
     linear = aux[-1]
+    assert isinstance(linear, nn.Linear)  # build_aux's head ends in its one linear map
     product = 2 * batch * linear.in_features * linear.out_features
     return (6 if refit else 2) * product
 
 
-class FSLSAGEClient(SFLClient):
-    """SFLClient plus, per virtual client in flight, an aux head with its Adam optimizer and buffer."""
+class FSLSAGEClient(SplitClient):
+    """SFL's client plus, per virtual client in flight, an aux head with its Adam optimizer and buffer."""
 
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
         self.aux_base = build_aux(spec, self.base, self.split.input_keys)
-        self.aux: dict[int, tuple[nn.Module, torch.optim.Optimizer, list]] = {}
+        self.aux: dict[int, tuple[nn.Sequential, torch.optim.Optimizer, list]] = {}
 
     def forget(self, client_id: int) -> None:
         super().forget(client_id)
         self.aux.pop(client_id, None)
 
     def begin(self, client_id: int, global_state: dict[str, np.ndarray], aux_state: dict[str, np.ndarray]) -> None:
-        super().begin(client_id, global_state)
+        self.start_copy(client_id, global_state)
         head = copy.deepcopy(self.aux_base)
         load_numpy(head, aux_state)
         self.aux[client_id] = (head, torch.optim.Adam(head.parameters(), lr=self.spec.algorithm.aux_lr), [])
@@ -135,7 +136,7 @@ class FSLSAGEClient(SFLClient):
 
     def upload(self, client_id: int) -> dict[str, dict[str, np.ndarray]]:
         head, _, _ = self.aux.pop(client_id)
-        return {"client": super().upload(client_id), "aux": to_numpy(head.state_dict())}
+        return {"client": self.take_copy(client_id), "aux": to_numpy(head.state_dict())}
 
 
 class FSLSAGEServer(SFLServer):

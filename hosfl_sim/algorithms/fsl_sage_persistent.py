@@ -35,7 +35,7 @@ from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, RoundResult
 from hosfl_sim.algorithms.fsl_sage import estimated_grad
 from hosfl_sim.algorithms.registry import register
-from hosfl_sim.algorithms.sfl import SFLClient, SFLServer, load_numpy, to_numpy
+from hosfl_sim.algorithms.sfl import SFLServer, SplitClient, load_numpy, to_numpy
 from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, local_steps_for, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.comm.channel import Channel
@@ -96,8 +96,8 @@ def align_order(spec: TaskSpec, rnd: int, client_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class FSLSAGEPersistentClient(SFLClient):
-    """SFLClient plus, per virtual client in flight, the aux model it received this round."""
+class FSLSAGEPersistentClient(SplitClient):
+    """SFL's client plus, per virtual client in flight, the aux model it received this round."""
 
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
@@ -105,7 +105,7 @@ class FSLSAGEPersistentClient(SFLClient):
         self.aux: dict[int, nn.Module] = {}
 
     def begin(self, client_id: int, global_state: dict[str, np.ndarray], aux_state: dict[str, np.ndarray]) -> None:
-        super().begin(client_id, global_state)
+        self.start_copy(client_id, global_state)
         aux = copy.deepcopy(self.aux_base)
         load_numpy(aux, aux_state)
         self.aux[client_id] = aux.train()
@@ -144,7 +144,7 @@ class FSLSAGEPersistentClient(SFLClient):
 
     def upload(self, client_id: int) -> dict[str, dict[str, np.ndarray]]:
         aux = self.aux.pop(client_id)
-        return {"client": super().upload(client_id), "aux": wire_state(aux)}
+        return {"client": self.take_copy(client_id), "aux": wire_state(aux)}
 
 
 class FSLSAGEPersistentServer(SFLServer):

@@ -85,6 +85,7 @@ class HOSFLServer(ReplicaServer):
             flops += 3 * self.forward_flops(a, up["side"])  # forward + backward (~2x forward)
             loss = self.loss(self.server_forward(a, up["side"]), tensor(up["y"], self.device))
             loss.backward(torch.full_like(loss, weight))
+            assert a.grad is not None  # the backward reached the activation
             grads.append(to_wire(a.grad))
             losses.append(loss.item())
         divisor = (k if cfg.server_grad_scale == "1/K^2" else 1) * (1 if cfg.cut_grad_scale == "1/K" else k)

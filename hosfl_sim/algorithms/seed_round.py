@@ -17,14 +17,14 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.replay import ReplayLog
-from hosfl_sim.algorithms.roles import ServerRole
+from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all
 from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.comm.channel import Channel
@@ -51,6 +51,14 @@ class Step:
         return self.channel.clock
 
 
+class ReplicaClient(ClientRole):
+    """A client whose state is one replica updated only from (seeds, scalars) records, in order."""
+
+    def sync(self, records: list[tuple[np.ndarray, np.ndarray]]) -> object:
+        """Apply the records its replica has yet to apply (each exactly once, in order)."""
+        raise NotImplementedError
+
+
 class ReplicaServer(ServerRole):
     """A server that keeps its own replica of what the clients update from the records (`client_updater`)."""
 
@@ -63,20 +71,30 @@ class ReplicaServer(ServerRole):
 
 
 class SeedBasedAlgorithm(Algorithm):
+    client_role: ClassVar[type[ReplicaClient]]
+    server_role: ClassVar[type[ReplicaServer]]
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.log = ReplayLog(self.federation.num_clients, self.num_workers)
-        self.record_flops: int | None = None  # a client's FLOPs to apply one record (asked of the server once)
+        self._record_flops: int | None = None  # asked of the server at the first round's start
+
+    @property
+    def record_flops(self) -> int:
+        """A client's FLOPs to apply one record."""
+        assert self._record_flops is not None, "run_round asks the server first"
+        return self._record_flops
 
     @abstractmethod
     def local_step(self, s: Step, active: list[int]) -> list[int]:
         """One local step of the `active` clients; returns those it kept (a barrier may drop some)."""
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
-        if self.record_flops is None:
-            self.record_flops = int(backend.get(backend.server(self.server_role.record_flops)))
+        if self._record_flops is None:
+            self._record_flops = int(backend.get(backend.server(self.server_role.record_flops)))
         worker, records = self.assign(clients)
-        active, losses = [int(c) for c in clients], []
+        active = [int(c) for c in clients]
+        losses: list[float] = []
         for step in range(self.cfg.local_steps):
             seeds, active = self.open_step(rnd, step, active, channel)
             if active:

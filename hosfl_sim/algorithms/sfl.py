@@ -10,7 +10,7 @@ and finally uploads its client part; the server averages them weighted by partit
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ def shared_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if k in keep}
 
 
-def to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def to_numpy(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """A state as it travels (`to_wire`), copied: the module may change after."""
     return {k: to_wire(v).copy() for k, v in state.items()}
 
@@ -109,8 +109,10 @@ def split_steps(algorithm: Algorithm, active: list[int], send: Callable[[int, in
     return [[send(cid, step) for cid in active if step < count[cid]] for step in range(max(count.values(), default=0))]
 
 
-class SFLClient(ClientRole):
-    """Holds one local copy of the client part per virtual client in flight this round."""
+class SplitClient(ClientRole):
+    """A first-order split client: one local copy of the client part per virtual client in flight this round,
+    stepped by the cut gradients it is sent. `start_copy` begins a client's copy and `take_copy` hands back what
+    it uploads for FedAvg; an algorithm's `begin` and `upload` wrap them with whatever else travels with them."""
 
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
@@ -122,7 +124,8 @@ class SFLClient(ClientRole):
         self.local.pop(client_id, None)
         self.pending.pop(client_id, None)
 
-    def begin(self, client_id: int, global_state: dict[str, np.ndarray]) -> None:
+    def start_copy(self, client_id: int, global_state: dict[str, np.ndarray]) -> None:
+        """The client's copy of the global client part, with a fresh client optimizer."""
         model = copy.deepcopy(self.base)
         load_numpy(model, global_state)
         model.train()
@@ -155,9 +158,21 @@ class SFLClient(ClientRole):
             opt.step()
         return {"compute_s": t.seconds}
 
-    def upload(self, client_id: int) -> dict[str, np.ndarray]:
+    def take_copy(self, client_id: int) -> dict[str, np.ndarray]:
+        """The client's copy as FedAvg takes it (`shared_state`); the copy is dropped."""
         model, _ = self.local.pop(client_id)
         return to_numpy(shared_state(model))
+
+
+class SFLClient(SplitClient):
+    """Holds one local copy of the client part per virtual client in flight this round; only the client part
+    comes down and goes up."""
+
+    def begin(self, client_id: int, global_state: dict[str, np.ndarray]) -> None:
+        self.start_copy(client_id, global_state)
+
+    def upload(self, client_id: int) -> dict[str, np.ndarray]:
+        return self.take_copy(client_id)
 
 
 class SFLServer(ServerRole):
@@ -183,6 +198,7 @@ class SFLServer(ServerRole):
         loss = self.loss(self.server_forward(a, upload["side"]), y)
         loss.backward()
         self.optimizer.step()
+        assert a.grad is not None  # the backward reached the activation
         return to_wire(a.grad), {"loss": loss.item(), "flops": flops}
 
     def fedavg(self, weights: np.ndarray, *states: dict[str, np.ndarray]) -> None:

@@ -23,19 +23,29 @@ import torch
 
 from hosfl_sim.algorithms.mu_splitfed import CLIENT_SIDE, SERVER_SIDE, MUSplitFed, MUSplitFedClient, MUSplitFedServer
 from hosfl_sim.algorithms.registry import register
-from hosfl_sim.algorithms.task import from_wire, sample_batch, tensor, to_tensors, to_wire
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.comm.messages import Activations, Labels, Scalars
 from hosfl_sim.zo import derive_seeds
 
 
 class SFLZOV1Client(MUSplitFedClient):
+    """MU-SplitFed's client with P directions a step: a client's P seeds wait in `seeds_of` for its update."""
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.seeds_of: dict[int, np.ndarray] = {}
+
+    def forget(self, client_id: int) -> None:
+        super().forget(client_id)
+        self.seeds_of.pop(client_id, None)
+
     @torch.no_grad()
     def probe(self, client_id: int, rnd: int, step: int) -> tuple[dict, dict]:
         cfg = self.spec.algorithm
         with self.work(client_id) as t:
             part = self.local[client_id]
             seeds = derive_seeds(self.spec.seed, rnd, step, cfg.perturbations, stream=2 * client_id + CLIENT_SIDE)
-            self.seed_of[client_id] = seeds
+            self.seeds_of[client_id] = seeds
             feats, labels = sample_batch(self.spec, client_id, rnd, step)
             x = self.client_inputs(feats)
             outs = [part.forward_at(cfg, int(s), sign * cfg.mu, **x) for s in seeds for sign in (1, -1)]
@@ -52,7 +62,7 @@ class SFLZOV1Client(MUSplitFedClient):
 
     def update(self, client_id: int, s: np.ndarray) -> dict:
         with self.work(client_id) as t:
-            seeds = self.seed_of.pop(client_id)
+            seeds = self.seeds_of.pop(client_id)
             self.local[client_id].updater.apply(seeds, s, self.spec.algorithm.mu)
         return {"compute_s": t.seconds}
 

@@ -29,6 +29,7 @@ others are discarded and not uploaded. A round's samples and training loss are t
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,11 +52,14 @@ from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import CutGrad, Weights
 from hosfl_sim.zo import make_optimizer
 
+if TYPE_CHECKING:
+    from hosfl_sim.algorithms.mu_splitfed import MUSplitFed
+
 SERVER_LINK = -1  # ledger id of the main-server <-> fed-server link: in the run totals, on no client's link
 
 
 def begin_copies_round(
-    algorithm: Algorithm, clients: np.ndarray, worker: dict[int, int], backend: Backend, channel: Channel
+    algorithm: SplitFedV1 | MUSplitFed, clients: np.ndarray, worker: dict[int, int], backend: Backend, channel: Channel
 ) -> tuple[list[int], Weights, Weights]:
     """A round of a server with one copy per client: the copies made, the global client part sent down (and each
     copy charged on the server link), clients that fail mid-round dropped, the rest begun.
@@ -96,6 +100,7 @@ class SplitFedV1Server(SFLServer):
         loss = self.loss(model(a, **to_tensors(upload["side"], self.device)), y)
         loss.backward()
         opt.step()
+        assert a.grad is not None  # the backward reached the activation
         g = to_wire(a.grad)  # dl/da, a's shape
         flops = 3 * self.forward_flops(a, upload["side"])  # the copy has the global part's shapes; backward ~ 2x
         return g, {"loss": loss.item(), "grad": CutGrad.of(g), "flops": flops}

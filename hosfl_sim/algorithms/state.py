@@ -52,7 +52,7 @@ class Measured:
         if not outer:
             return
         s = self.stats.setdefault(client_id, {"peak": 0, "retained": 0, "overhead_s": 0.0})
-        if m.measured:
+        if m.peak_bytes is not None and m.retained_bytes is not None:  # measured: both are set
             s["peak"] = max(s["peak"], s["retained"] + m.peak_bytes)
             s["retained"] += m.retained_bytes
             s["overhead_s"] += m.overhead_s
@@ -105,6 +105,8 @@ class RoleState:
     are gone between rounds and not part of it. Modules that share tensors are saved under each name; torch.save
     stores the shared storage once.
     """
+
+    stats: dict[int | None, dict[str, float]]  # the work measured since the last pop (Measured's)
 
     def state(self) -> dict[str, Any]:
         """{name: object with state_dict / load_state_dict} of everything in this role that outlives a round."""

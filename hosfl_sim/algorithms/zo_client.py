@@ -9,15 +9,16 @@ Its probes are `zo.probe.Prober`'s (functional, inplace or batched: `algorithm.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.roles import ClientRole
+from hosfl_sim.algorithms.seed_round import ReplicaClient
 from hosfl_sim.algorithms.task import TaskSpec, to_wire
 from hosfl_sim.models import freeze_batchnorm, trainable_parameters
 from hosfl_sim.zo import ZOUpdater
+from hosfl_sim.zo.perturb import SeedList
 from hosfl_sim.zo.probe import Prober
 
 
@@ -31,7 +32,7 @@ def prepare_zo_module(module: torch.nn.Module) -> tuple[list[str], list[torch.nn
     return [n for n, _ in named], [p for _, p in named]
 
 
-class ZOClient(ClientRole):
+class ZOClient(ReplicaClient):
     """One replica of a seed-updated client part. Records of (seeds, scalars) are applied in
     order through the client optimizer; callers must hand every record exactly once."""
 
@@ -58,7 +59,7 @@ class ZOClient(ClientRole):
         return self.prober.at(seed, scale, **inputs)
 
     def probe_outputs(
-        self, inputs: dict[str, torch.Tensor], seeds: Sequence[int], scale: float, batched: bool | None = None
+        self, inputs: dict[str, torch.Tensor], seeds: SeedList, scale: float, batched: bool | None = None
     ) -> Iterator[torch.Tensor]:
         """f_c(theta + scale * u_s; x) for each seed s, in order (zo/probe.py)."""
         return self.prober.outputs(seeds, scale, kwargs=inputs, batched=batched)

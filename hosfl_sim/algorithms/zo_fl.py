@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from hosfl_sim.algorithms.fedavg import whole_model_flops
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
-from hosfl_sim.algorithms.roles import ClientRole
 from hosfl_sim.algorithms.routing import make_plan, planned
-from hosfl_sim.algorithms.seed_round import ReplicaServer, SeedBasedAlgorithm, Step
+from hosfl_sim.algorithms.seed_round import ReplicaClient, ReplicaServer, SeedBasedAlgorithm, Step
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
 from hosfl_sim.algorithms.zo_client import prepare_zo_module
 from hosfl_sim.comm.messages import Scalars
@@ -42,7 +41,7 @@ from hosfl_sim.zo import ZOUpdater
 from hosfl_sim.zo.probe import Prober
 
 
-class ZOFLClient(ClientRole):
+class ZOFLClient(ReplicaClient):
     """One replica of the seed-updated whole model (BatchNorm frozen, eval mode, no autograd graph).
     Callers must hand every record exactly once, in order."""
 

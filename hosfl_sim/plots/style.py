@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from hosfl_sim.plots.load import BYTE_CATEGORIES
@@ -21,15 +22,23 @@ CATEGORY_LABELS = {
     "model_down": "model weights ↓",
 }
 
-CATEGORY_COLORS = dict(zip(BYTE_CATEGORIES, colormaps["Set2"].colors))
+
+def _palette(name: str) -> tuple[tuple[float, ...], ...]:
+    """The colours of a qualitative colormap (Set2, tab10, tab20: listed colormaps of RGB tuples)."""
+    cmap = colormaps[name]
+    assert isinstance(cmap, ListedColormap) and isinstance(cmap.colors, (tuple, list))
+    return tuple(cmap.colors)
+
+
+CATEGORY_COLORS = dict(zip(BYTE_CATEGORIES, _palette("Set2")))
 
 DROP_COLOR = "#d62728"
 
 
-def setting_colors(settings: list[str]) -> dict[str, tuple]:
+def setting_colors(settings: list[str]) -> dict[str, tuple[float, ...]]:
     """One colour per setting, by position: the same RunSet gives the same colours in every figure."""
-    cmap = colormaps["tab10"] if len(settings) <= 10 else colormaps["tab20"]
-    return {s: cmap.colors[i % len(cmap.colors)] for i, s in enumerate(settings)}
+    colors = _palette("tab10" if len(settings) <= 10 else "tab20")
+    return {s: colors[i % len(colors)] for i, s in enumerate(settings)}
 
 
 def log_bytes_axis(ax: Axes, max_decades: float) -> None:

@@ -107,7 +107,12 @@ def _acc(mean: float, std: float) -> str:
 
 
 def _present(df: pd.DataFrame, col: str) -> bool:
-    return col in df and df[col].notna().any()
+    return col in df and bool(df[col].notna().any())
+
+
+def _bytes_cell(col: str) -> Callable[[pd.Series], str]:
+    """A communication cell: the column's bytes, or '-' where the setting sent none."""
+    return lambda r: human_bytes(r[col]) if r[col] > 0 else "-"
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -144,11 +149,11 @@ def format_table(df: pd.DataFrame) -> str:
         results.append(("status", lambda r: str(r["status"])))
 
     # Only the ledger categories some setting used.
-    comm = [("setting", lambda r: str(r["setting"]))]
+    comm: list[tuple[str, Callable[[pd.Series], str]]] = [("setting", lambda r: str(r["setting"]))]
     for c in BYTE_CATEGORIES:
         col = f"bytes_{c}"
         if _present(df, col) and (df[col].fillna(0) > 0).any():
-            comm.append((c, lambda r, col=col: human_bytes(r[col]) if r[col] > 0 else "-"))
+            comm.append((c, _bytes_cell(col)))
     if _present(df, "bytes_total"):
         comm.append(("total", lambda r: human_bytes(r["bytes_total"])))
 

@@ -25,8 +25,8 @@ _FINAL_COLUMNS = (
     "samples_seen",
     "bytes_total",
     "sim_time_s",
+    "wall_time_s",
 )
-_FINAL_COLUMNS += ("wall_time_s",)
 _EVALUATED = ("test_acc", "best_test_acc", "test_loss")  # taken from the last evaluated round, the rest the last
 _RUN_COLUMNS = ("path", "status", "algorithm", "seed", "config_sha256", "host", "error")
 

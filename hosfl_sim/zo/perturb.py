@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 Distribution = str  # "gaussian" | "rademacher"
+SeedList = Sequence[int] | np.ndarray  # perturbation seeds: ints, or derive_seeds' uint64 array
 
 
 def derive_seeds(run_seed: int, round_idx: int, step: int, count: int, stream: int = 0) -> np.ndarray:
@@ -68,7 +69,7 @@ def set_perturbed_(
 
 @torch.no_grad()
 def stacked_perturbations(
-    params: dict[str, torch.Tensor], seeds: Sequence[int], scale: float, distribution: Distribution = "gaussian"
+    params: dict[str, torch.Tensor], seeds: SeedList, scale: float, distribution: Distribution = "gaussian"
 ) -> dict[str, torch.Tensor]:
     """{name: (len(seeds), *shape)} whose row i is p + scale * u_{seeds[i]}: the parameter sets of
     `len(seeds)` probes, to evaluate in one `torch.func.vmap`ped forward. Costs len(seeds) copies."""

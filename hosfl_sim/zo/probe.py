@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from hosfl_sim.zo.perturb import perturb_, set_perturbed_, stacked_perturbations
+from hosfl_sim.zo.perturb import SeedList, perturb_, set_perturbed_, stacked_perturbations
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Prober:
     @torch.no_grad()
     def outputs(
         self,
-        seeds: Sequence[int],
+        seeds: SeedList,
         scale: float,
         args: tuple = (),
         kwargs: dict[str, Any] | None = None,
@@ -77,7 +77,7 @@ class Prober:
                         p.copy_(t)
                 yield out
 
-    def _batched(self, seeds: Sequence[int], scale: float, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
+    def _batched(self, seeds: SeedList, scale: float, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
         named = dict(zip(self.names, self.params))
 
         def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
