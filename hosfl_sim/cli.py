@@ -14,10 +14,6 @@ from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario
 from hosfl_sim.config.load import SCENARIO_DIR
 
 
-def _parse_overrides(items: list[str]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in items if "=" in item)
-
-
 def _resume_target(args: argparse.Namespace) -> tuple[Scenario, Path, dict | None]:
     """(scenario, run directory, the manifest when RUN_DIR is a single run) for `--resume RUN_DIR`. The scenario
     is the given one, else the one the runs recorded; KEY=VALUE overrides apply on top (runtime.* may change)."""
@@ -37,6 +33,7 @@ def _resume_target(args: argparse.Namespace) -> tuple[Scenario, Path, dict | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.overrides += [f"runtime.track={args.track}"] if args.track else []  # --track X: runtime.track=[X, ...]
     single = None
     if args.resume is not None:
         scenario, out, single = _resume_target(args)
@@ -189,7 +186,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from hosfl_sim.reproduce.command import reproduce
 
-    return reproduce(args, _parse_overrides(args.overrides))
+    return reproduce(args, dict(item.split("=", 1) for item in args.overrides if "=" in item))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +218,8 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
         "from their last checkpoint (runtime.checkpoint_every; Ctrl-C always writes one) or start again",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    trackers = ["wandb", "mlflow", "tensorboard"]
+    r.add_argument("--track", action="append", choices=trackers, help="also log to this tracker (repeatable)")
     r.add_argument("--plot", action="store_true", help="draw the figures at the end")
     r.add_argument(
         "--target", type=float, help="also report rounds, simulated time and bytes to this test accuracy (0-1)"

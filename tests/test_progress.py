@@ -21,7 +21,9 @@ def _run(tmp_path, every_s: float) -> None:
     assert summary.status == "completed"
 
 
-def test_off_a_terminal_a_run_prints_a_line_a_while_and_at_its_end(tmp_path, capsys):
+def test_off_a_terminal_a_run_prints_a_line_a_while_and_at_its_end(tmp_path, capsys, monkeypatch):
+    logger = logging.getLogger("hosfl_sim.progress")
+    monkeypatch.setattr(logger, "level", logging.WARNING)  # logging not set up to show it (as the CLI would)
     _run(tmp_path / "every", every_s=0)  # a line every round
     lines = [m for m in map(LINE.fullmatch, capsys.readouterr().err.splitlines()) if m]
     assert [int(m.group(1)) for m in lines] == [1, 2, 3, 4]

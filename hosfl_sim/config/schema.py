@@ -378,6 +378,7 @@ class RuntimeConfig:
     memory_every: int = 0  # measure client and server memory every this many rounds (0: never)
     address: str | None = None  # Ray cluster address; null starts a local instance
     checkpoint_every: int = 0  # write a resumable checkpoint every this many rounds (0: only when stopped)
+    track: list[Literal["wandb", "mlflow", "tensorboard"]] = field(default_factory=list)  # experiment trackers
 
     def check(self, path: str) -> None:
         _require(self.num_workers >= 1, f"{path}.num_workers", self.num_workers, "an integer >= 1")

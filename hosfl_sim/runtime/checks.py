@@ -11,6 +11,7 @@ from hosfl_sim.algorithms.task import count_flops, to_tensors
 from hosfl_sim.config import ConfigError, Scenario
 from hosfl_sim.config.schema import SystemConfig
 from hosfl_sim.models import SplitModel
+from hosfl_sim.runtime.trackers import check_trackers
 from hosfl_sim.system import Availability, build_profiles
 from hosfl_sim.system.profiles import DeviceProfiles
 
@@ -57,6 +58,7 @@ def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -
     checks the dataset, its files and the partitions), the model and its cut (built once), weights, trace files
     and a deadline some client can meet."""
     rt = sc.runtime
+    check_trackers(rt.track)
     if rt.backend == "local":
         for name in ("worker_num_gpus", "server_num_gpus"):
             v = getattr(rt, name)

@@ -1,12 +1,11 @@
-"""The driver loop: scenario -> task -> runs of (algorithm, seed) on a backend -> run directories.
-
-What keeps a run alive:
+"""The driver loop: scenario -> task -> runs of (algorithm, seed) on a backend -> run directories. What keeps a
+run alive:
 - `validate()` checks everything that can be checked before a directory is made (the CLI calls it).
 - A checkpoint every `runtime.checkpoint_every` rounds and when a stop is requested (Ctrl-C); `resume=True`
   continues a run from it with the same numbers (checkpoint.py says what one holds).
 - A client worker that dies in a round has the round run again without its clients (recovery.py).
-- The server dying stops the run (ServerLost), to be resumed from its last checkpoint.
-- A NaN or Inf in the round's loss, the test loss or any server tensor stops the run as `diverged`.
+- The server dying stops the run (ServerLost), to be resumed from its last checkpoint; a NaN or Inf in the
+  round's loss, the test loss or any server tensor stops it as `diverged` (divergence.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
 from hosfl_sim.record import Recorder, build_manifest
 from hosfl_sim.runtime.backends import make_backend
-from hosfl_sim.runtime.callbacks import LogRounds, progress
+from hosfl_sim.runtime.callbacks import RoundCallback
 from hosfl_sim.runtime.checkpoint import remove_checkpoint
 from hosfl_sim.runtime.checks import check_algorithm, check_scenario
 from hosfl_sim.runtime.cluster import check_address
@@ -37,6 +36,7 @@ from hosfl_sim.runtime.progress import RunProgress
 from hosfl_sim.runtime.recovery import RoundMemory, run_round_surviving
 from hosfl_sim.runtime.resume import ENDED, RunSummary, resume_state, save_run
 from hosfl_sim.runtime.rows import client_rows, round_row
+from hosfl_sim.runtime.trackers import round_callbacks
 from hosfl_sim.system import Availability, RoundClock, build_profiles
 from hosfl_sim.system.profiles import DeviceProfiles
 
@@ -149,7 +149,13 @@ class Engine:
             self.backend.setup(algo_cls, spec)
             self.roles = (algo_cls.client_role, algo_cls.server_role)  # what the engine calls on
             algorithm = algo_cls(spec.algorithm, sc.federation, seed, self.backend.num_workers, spec.partition.sizes())
-            status, rounds = self._loop(algorithm, recorder, index, seed, state)
+            label, shown = f"{algo_cfg.display_name} seed {seed}", (self.progress, self.progress_every_s)
+            callbacks = round_callbacks(recorder, label, sc.federation.rounds, self.checkpoint_round or 0, shown, sc)
+            try:
+                status, rounds = self._loop(algorithm, recorder, index, seed, state, callbacks)
+            finally:
+                for callback in callbacks:
+                    callback.close()
         except ServerLost as e:
             then = "no checkpoint to resume from (set runtime.checkpoint_every)"
             if self.checkpoint_round is not None:
@@ -200,16 +206,15 @@ class Engine:
         return run, first
 
     def _loop(
-        self, algorithm: Algorithm, recorder: Recorder, index: int, seed: int, state: dict | None
-    ) -> tuple[str, int]:
+        self, algorithm: Algorithm, recorder: Recorder, index: int, seed: int, state: dict | None,
+        callbacks: list[RoundCallback],
+    ) -> tuple[str, int]:  # fmt: skip
         sc = self.scenario
         fed, system, rt = sc.federation, sc.system, sc.runtime
         profiles = build_profiles(system, fed.num_clients, seed)
         availability = Availability(system.availability, fed.num_clients, seed)
         quota = fed.clients_per_round if system.policy == "overcommit" else None
         run, first = self._start(algorithm, seed, state)
-        label = f"{algorithm.cfg.display_name} seed {seed}"
-        callbacks = [LogRounds(recorder), progress(label, fed.rounds, first - 1, self.progress, self.progress_every_s)]
         status, rnd = "completed", first - 1
         for rnd in range(first, fed.rounds + 1):
             clients = run.sample(availability.available(rnd), fed, system)
@@ -249,8 +254,6 @@ class Engine:
             if self.stop_requested:
                 status = "interrupted"
                 break
-        for callback in callbacks:
-            callback.close()
         return status, rnd
 
     def _rows(
