@@ -34,7 +34,7 @@ from hosfl_sim.runtime.errors import ServerLost
 from hosfl_sim.runtime.lock import RunLock
 from hosfl_sim.runtime.progress import RunProgress
 from hosfl_sim.runtime.recovery import RoundMemory, run_round_surviving
-from hosfl_sim.runtime.resume import ENDED, RunSummary, resume_state, save_run
+from hosfl_sim.runtime.resume import ENDED, RunSummary, after_server_loss, resume_state, save_run
 from hosfl_sim.runtime.rows import client_rows, round_row
 from hosfl_sim.runtime.trackers import round_callbacks
 from hosfl_sim.system import Availability, RoundClock, build_profiles
@@ -157,9 +157,7 @@ class Engine:
                 for callback in callbacks:
                     callback.close()
         except ServerLost as e:
-            then = "no checkpoint to resume from (set runtime.checkpoint_every)"
-            if self.checkpoint_round is not None:
-                then = f"resume from round {self.checkpoint_round}: hosfl-sim run --resume {run_dir.parent}"
+            then = after_server_loss(run_dir, self.checkpoint_round, sc.runtime.checkpoint_every)
             msg = f"{algo_cfg.display_name} seed {seed}: {e}; {then}"
             recorder.finish("failed", error=msg, checkpoint_round=self.checkpoint_round)
             raise ServerLost(msg) from None

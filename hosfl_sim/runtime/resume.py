@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hosfl_sim.config import ConfigError, Scenario, to_dict
 from hosfl_sim.config.identity import run_hash
@@ -37,6 +39,7 @@ def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> Ru
     if run_hash(manifest["scenario"], manifest["algorithm_index"], manifest["seed"]) != want:
         raise ConfigError("--resume", str(run_dir), expected)
     if manifest["status"] in ENDED:
+        _check_rows(run_dir, {"rounds": 1})
         rounds = pd.read_parquet(run_dir / "rounds.parquet")
         final = {str(k): v for k, v in rounds.iloc[-1].to_dict().items()} if len(rounds) else {}
         return RunSummary(manifest["algorithm"], seed, run_dir, manifest["status"], len(rounds), final)
@@ -46,7 +49,27 @@ def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> Ru
         raise ConfigError("--resume", str(run_dir), f"a run whose checkpoint can be used ({e})") from None
     if state is not None and state["run_hash"] != want:
         raise ConfigError("--resume", str(run_dir), expected)
+    if state is not None:
+        _check_rows(run_dir, state["recorder"])
     return state
+
+
+def _check_rows(run_dir: Path, counts: dict[str, int]) -> None:
+    """The Parquet files hold at least the rows a resume keeps (`counts`, as a checkpoint records them): one that
+    was deleted, cut short or damaged is refused in one line before anything is touched."""
+    for name, count in counts.items():
+        path = run_dir / f"{name}.parquet"
+        if count == 0:
+            continue
+        try:
+            held = pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException) as e:
+            held, why = 0, "it is missing" if not path.exists() else f"it cannot be read: {type(e).__name__}"
+        else:
+            why = f"it holds {held}"
+        if held < count:
+            expected = f"a run whose {name}.parquet holds the {count} rows its checkpoint counts ({why})"
+            raise ConfigError("--resume", str(run_dir), expected)
 
 
 def save_run(
@@ -64,3 +87,12 @@ def save_run(
         "recorder": recorder.position(),
     }
     save_checkpoint(recorder.dir, state)
+
+
+def after_server_loss(run_dir: Path, checkpoint_round: int | None, checkpoint_every: int) -> str:
+    """What a user can do once the server died: resume from the last checkpoint, or run again."""
+    if checkpoint_round is not None:
+        return f"resume from round {checkpoint_round}: hosfl-sim run --resume {run_dir.parent}"
+    if checkpoint_every:  # set, but the server died before the first checkpoint was written
+        return f"it died before the first checkpoint (round {checkpoint_every}): run it again"
+    return "no checkpoint to resume from (set runtime.checkpoint_every)"

@@ -1,0 +1,66 @@
+"""Ends that used to leave the record wrong: a resume whose Parquet rows are gone or cut short is refused in one
+line with nothing touched; a server that dies before the first checkpoint says so (not "set checkpoint_every")."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from hosfl_sim.cli import main
+from hosfl_sim.config import load_scenario
+from hosfl_sim.runtime import Engine
+from hosfl_sim.runtime.errors import ServerLost
+from hosfl_sim.runtime.local import LocalBackend
+from tests.conftest import tiny_scenario
+
+FED = {"num_clients": 8, "clients_per_round": 3, "rounds": 4, "batch_size": 16, "eval_every": 2}
+
+
+class StopAfterRound2(Engine):
+    def _divergence(self, result, row, completed):
+        if row["round"] == 2:
+            self.request_stop()  # as Ctrl-C: a checkpoint after round 2, status interrupted
+        return super()._divergence(result, row, completed)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut short"])
+def test_a_resume_whose_rows_are_gone_is_refused_in_one_line_with_nothing_touched(tmp_path, capsys, damage):
+    raw = tiny_scenario(federation=FED, runtime={"backend": "local", "num_workers": 1, "checkpoint_every": 2})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    (stopped,) = StopAfterRound2(load_scenario(raw), progress=False).run_all(tmp_path / "out")
+    assert stopped.status == "interrupted"
+    rounds = stopped.run_dir / "rounds.parquet"
+    if damage == "deleted":
+        rounds.unlink()
+    else:
+        pq.write_table(pq.read_table(rounds).slice(0, 1), rounds)
+    before = (stopped.run_dir / "manifest.json").read_text()
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "s.yaml"), "--resume", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "rounds.parquet holds the 2 rows its checkpoint counts" in err
+    assert ("it is missing" if damage == "deleted" else "it holds 1") in err
+    assert (stopped.run_dir / "manifest.json").read_text() == before  # nothing touched
+    assert not list(stopped.run_dir.glob("*.tmp"))
+
+
+def test_a_server_that_dies_before_the_first_checkpoint_says_so(tmp_path):
+    class ServerDiesInRound2(LocalBackend):
+        ended = 0
+
+        def server(self, method, *args, num_returns=1):
+            if method.__name__ == "end_round":
+                self.ended += 1
+                if self.ended == 2:
+                    raise ServerLost("the server actor died")
+            return super().server(method, *args, num_returns=num_returns)
+
+    sc = load_scenario(tiny_scenario(federation=FED, runtime={"backend": "local", "checkpoint_every": 3}))
+    with pytest.raises(ServerLost, match=r"died before the first checkpoint \(round 3\): run it again"):
+        Engine(sc, backend=ServerDiesInRound2(2), progress=False).run_all(tmp_path)
+    (manifest,) = tmp_path.glob("*/manifest.json")
+    record = json.loads(manifest.read_text())
+    assert record["status"] == "failed" and "before the first checkpoint" in record["error"]
