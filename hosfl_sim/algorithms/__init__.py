@@ -6,6 +6,7 @@ for adding one from another package.
 
 from hosfl_sim.algorithms import (  # noqa: F401  (imported to register them)
     centralized,
+    cse_fsl,
     fedavg,
     fsl_sage,
     fsl_sage_persistent,

@@ -189,6 +189,8 @@ class AlgorithmConfig:
     # batch size of the server's alignment passes over it
     aux_buffer_samples: int = 1000
     aux_batch: int = 100
+    # CSE-FSL: a client uploads its activations and labels at the local steps t % upload_every == 0 of a round
+    upload_every: int = 5
 
     def check(self, path: str) -> None:
         _require(self.local_steps >= 1, f"{path}.local_steps", self.local_steps, "an integer >= 1")
@@ -202,6 +204,7 @@ class AlgorithmConfig:
         for name in ("server_steps", "align_every", "aux_passes", "aux_buffer", "aux_buffer_samples", "aux_batch"):
             v = getattr(self, name)
             _require(v >= 1, f"{path}.{name}", v, "an integer >= 1")
+        _require(self.upload_every >= 1, f"{path}.upload_every", self.upload_every, "an integer >= 1")
         for name in ("global_lr", "aux_lr"):
             v = getattr(self, name)
             _require(v > 0, f"{path}.{name}", v, "a number > 0")
