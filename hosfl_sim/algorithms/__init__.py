@@ -11,6 +11,7 @@ from hosfl_sim.algorithms import (  # noqa: F401  (imported to register them)
     fsl_sage,
     fsl_sage_persistent,
     hosfl,
+    local_loss_sl,
     mezo,
     mu_splitfed,
     sfl,
