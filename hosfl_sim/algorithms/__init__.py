@@ -18,6 +18,7 @@ from hosfl_sim.algorithms import (  # noqa: F401  (imported to register them)
     sfl_zo,
     sfl_zo_v1,
     splitfed_v1,
+    vanilla_sl,
     zo_fl,
 )
 from hosfl_sim.algorithms.backend import Backend
