@@ -52,6 +52,10 @@ class IdleClient(ClientRole):
     def __init__(self, spec: TaskSpec):  # no super().__init__: no model replica on the workers
         self.spec = spec
         self.device = torch.device(spec.device)
+        self._init_measuring(self.device)  # measured like any role: it holds nothing and does no work
+
+    def static_memory(self) -> int:
+        return 0
 
 
 class GlobalBatchServer(ServerRole):
