@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from hosfl_sim.algorithms.centralized import CentralizedServer
+from hosfl_sim.algorithms.cse_fsl import CSEFSLClient
 from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors, to_wire
@@ -147,6 +148,23 @@ def first_order_mode(spec: TaskSpec, optimizer: Optimizer, g: np.ndarray) -> Mod
     return Mode("first-order SFL client", optimizer, "-", step, lambda: static_bytes(model, opt, grads=True))
 
 
+def local_loss_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
+    """The client of local-loss split learning and CSE-FSL: first-order on its aux head's loss, no cut gradient."""
+    spec = _with_algorithm(spec, "local_loss_sl", optimizer)
+    role, cid = CSEFSLClient(spec), _client_id(spec)
+    role.begin(cid, to_numpy(shared_state(role.base)), to_numpy(shared_state(role.aux_base)))
+    (model, opt), (head, head_opt) = role.local[cid], role.aux[cid]
+
+    def step(i: int) -> None:
+        role.step(cid, ROUND, i, send=True)
+
+    def static() -> dict[str, int]:
+        parts = static_bytes(model, opt, grads=True), static_bytes(head, head_opt, grads=True)
+        return {k: parts[0][k] + parts[1][k] for k in parts[0]}
+
+    return Mode("local-loss client (+ aux head)", optimizer, "-", step, static)
+
+
 def centralized_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
     spec = _with_algorithm(spec, "centralized", optimizer)
     role, batch = CentralizedServer(spec), spec.federation.batch_size
@@ -178,6 +196,7 @@ def build_modes(spec: TaskSpec, optimizers: tuple[Optimizer, ...] = ("adamw", "s
     probes: tuple[Probe, ...] = ("inplace", "functional")
     modes = [hosfl_mode(spec, o, p, g) for o in optimizers for p in probes]
     modes += [first_order_mode(spec, o, g) for o in optimizers]
+    modes += [local_loss_mode(spec, o) for o in optimizers]
     modes += [centralized_mode(spec, "adamw"), inference_mode(spec)]
     return modes
 

@@ -242,6 +242,7 @@ def test_memory_command_prints_the_table_and_draws_the_chart(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "HO-SFL client · AdamW · inplace probes" in out and "inference (client part)" in out
+    assert "local-loss client (+ aux head)" in out
     for name in ("memory_modes.png", "memory_modes.pdf", "memory_modes.csv"):
         assert (tmp_path / name).stat().st_size > 0
 
@@ -265,3 +266,23 @@ def test_cuda_meter_and_mode_ordering():
         assert abs(fo["retained"] - (fo["grads"] + fo["optimizer_state"])) <= 32 * 1024
     excess = {cut: rows["first_order"]["working"] - rows["hosfl"]["working"] for cut, rows in mlp.items()}
     assert excess["layer8"] - excess["layer2"] >= 4 * MLP_ACT
+
+
+def test_the_local_loss_client_holds_its_aux_head_besides_the_client_part():
+    """Local-loss SL and CSE-FSL: the client keeps a first-order client part and an aux head with their gradients
+    and optimizer states (exact), and never holds a cut gradient: what it measures is its own forward and backward."""
+    from hosfl_sim.memory_modes import local_loss_mode
+
+    spec = digits_spec("block1", 32)
+    warm_up(spec)
+    g = cut_gradient(spec, int(np.argmax(spec.partition.sizes())))
+    meter = MemoryMeter("cpu")
+    local, first = (
+        measure_mode(m, meter) for m in (local_loss_mode(spec, "adamw"), first_order_mode(spec, "adamw", g))
+    )
+    split = spec.build_model()
+    head_params = (split.client(x=torch.zeros(1, 1, 8, 8)).numel() + 1) * spec.num_classes * F32  # linear head
+    assert local["params"] - first["params"] == local["grads"] - first["grads"] == head_params
+    # AdamW: two moments per value and a float32 step count per tensor (the head's weight and bias)
+    assert local["optimizer_state"] - first["optimizer_state"] == 2 * head_params + 2 * F32
+    assert local["working"] > 0 and local["measured_peak"] >= local["grads"] + local["optimizer_state"]
