@@ -270,6 +270,7 @@ def _reproduce_arguments(rp: argparse.ArgumentParser) -> None:
         "--scale", type=float, default=1.0, help="share of the paper's sample budget (0.02: a laptop check)"
     )
     rp.add_argument("--seeds", type=int, help="seeds per cell (default: 10, the paper's, at full scale; else 1)")
+    rp.add_argument("--with", dest="extra", action="append", help="also run this algorithm in every cell (repeatable)")
     rp.add_argument("--data", help="a folder of local copies: <dataset>.npz or <dataset>/ (GLUE train.tsv, dev.tsv)")
     rp.add_argument("--model", help="language: one model's cells only (opt-125m, gemma-3-270m, llama-3.2-1b, minilm)")
     rp.add_argument("--out", help="sweep directory (default: runs/reproduce/<table>-scale<scale>)")

@@ -46,6 +46,7 @@ def test_the_tables_hold_the_papers_grid_and_budget():
         ({"name": "language", "model": "gpt-9"}, "--model"),
         ({"name": "vision", "model": "minilm"}, "--model"),
         ({"name": "vision", "seeds": 0}, "--seeds"),
+        ({"name": "vision", "extra": ["cse_fsl", "not_a_method"]}, "--with[1]"),
     ],
 )
 def test_bad_arguments_fail_naming_the_field(args, field):
@@ -187,8 +188,8 @@ def test_reproduce_memory_and_communication_on_the_papers_models(tmp_path, monke
     mem = pd.read_csv(tmp_path / "mem" / "memory.csv")
     assert list(dict.fromkeys(mem["model"])) == ["resnet18", "minilm"]
     for _, rows in mem.groupby("model"):
-        modes = set(rows["mode"])
-        assert len(modes) == 4 and (rows["total"] > 0).all()
+        modes = set(rows["mode"])  # the paper's four and the local-loss client
+        assert len(modes) == 5 and (rows["total"] > 0).all()
     assert "resnet18, cut layer2, batch 32, cpu" in capsys.readouterr().out
     assert (tmp_path / "mem" / "resnet18" / "memory_modes.png").stat().st_size > 0
 
@@ -228,3 +229,13 @@ def test_missing_weights_offline_fail_in_one_line_before_anything_is_written(tmp
     assert len(err) == 2
     assert err[0].startswith("error: task.model.weights: got 'imagenet', expected files in the Hugging Face cache")
     assert err[1].startswith("error: task.model.name: got 'facebook/opt-125m'") and "HF_HUB_OFFLINE" in err[1]
+
+
+def test_a_table_can_include_methods_beyond_the_papers():
+    """`hosfl-sim reproduce vision --with local_loss_sl --with cse_fsl`: every cell also runs them, with defaults."""
+    plain = plan_sweep(table_sweep("vision", scale=1.0))
+    more = plan_sweep(table_sweep("vision", scale=1.0, extra=["local_loss_sl", "cse_fsl"]))
+    cells = {r.path.split("/")[0] for r in plain}
+    added = [r for r in more if r.scenario.algorithms[0].name in ("local_loss_sl", "cse_fsl")]
+    assert len(more) == len(plain) + len(added) and len(added) == 2 * len(cells) * len(plain[0].scenario.seeds)
+    assert {r.path.split("/")[0] for r in added} == cells

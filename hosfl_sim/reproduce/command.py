@@ -30,7 +30,7 @@ def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
     out = Path(args.out or Path("runs") / "reproduce" / f"{args.table}-scale{args.scale:g}")
     if args.table in ("memory", "communication"):
         return _reproduce_resources(args, overrides, out)
-    spec = table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides)
+    spec = table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides, extra=args.extra)
     preflight(spec)
     print(spec.description)
     result = run_sweep(spec, out, address=args.address, resume=args.resume)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hosfl_sim.algorithms.registry import get_algorithm
 from hosfl_sim.config import ConfigError
 from hosfl_sim.config.load import load_raw, resolve_path
 from hosfl_sim.data.text import HUB_TASKS
@@ -123,10 +124,12 @@ def table_sweep(
     model: str | None = None,
     overrides: dict[str, Any] | None = None,
     cells: list[Cell] | None = None,
+    extra: list[str] | None = None,
 ) -> SweepSpec:
     """The sweep of table `name` at `scale` x the paper's budget with `seeds` seeds per cell (default: the
     paper's 10 at full scale, 1 below it). `model` keeps the language cells of one model (or `minilm`, offline);
-    `overrides` (dotted keys) apply to every run, before the cells' own settings; `cells` replaces the table's."""
+    `overrides` (dotted keys) apply to every run, before the cells' own settings; `cells` replaces the table's;
+    `extra` names algorithms to run in every cell besides the table's (with their defaults; no published number)."""
     if name not in TABLES:
         raise ConfigError("TABLE", name, "one of " + ", ".join(TABLES))
     if not 0 < scale <= 1:
@@ -143,6 +146,9 @@ def table_sweep(
     if n_seeds < 1:
         raise ConfigError("--seeds", n_seeds, "an integer >= 1")
     algorithms = load_raw(table.base)["algorithms"]
+    for i, name in enumerate(extra or []):
+        get_algorithm(name, f"--with[{i}]")
+        algorithms.append({"name": name})
     grid = []
     for cell in cells:
         point = {"description": [cell.label], **{k: [v] for k, v in cell.overrides.items()}}
