@@ -64,3 +64,26 @@ def test_a_server_that_dies_before_the_first_checkpoint_says_so(tmp_path):
     (manifest,) = tmp_path.glob("*/manifest.json")
     record = json.loads(manifest.read_text())
     assert record["status"] == "failed" and "before the first checkpoint" in record["error"]
+
+
+def test_a_run_that_fails_is_recorded_and_the_other_runs_still_go(tmp_path, capsys):
+    """One algorithm's run raises mid-way (a bug, an overflow): its manifest says failed and why, and the scenario's
+    other runs still complete (the CLI then ends with exit 1, naming the failed run)."""
+    from hosfl_sim.algorithms.hosfl import HOSFLServer
+
+    class HOSFLServerFails(LocalBackend):
+        steps = 0
+
+        def server(self, method, *args, num_returns=1):
+            if method is HOSFLServer.train_step:
+                self.steps += 1
+                if self.steps == 3:
+                    raise FloatingPointError("overflow in the server step")
+            return super().server(method, *args, num_returns=num_returns)
+
+    algos = [{"name": "hosfl", "perturbations": 2}, {"name": "sfl"}]
+    sc = load_scenario(tiny_scenario(algorithms=algos, federation=FED))
+    summaries = Engine(sc, backend=HOSFLServerFails(2), progress=False).run_all(tmp_path)
+    assert [(s.algorithm, s.status, s.rounds) for s in summaries] == [("hosfl", "failed", 2), ("sfl", "completed", 4)]
+    record = json.loads((summaries[0].run_dir / "manifest.json").read_text())
+    assert record["status"] == "failed" and "overflow in the server step" in record["error"]

@@ -8,11 +8,15 @@ that left it and the next one is dropped unlogged, as if the run had stopped the
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import RoundResult
+from hosfl_sim.record import Recorder
+
+log = logging.getLogger(__name__)
 
 _NONE = object()  # nothing pending
 
@@ -43,3 +47,9 @@ class DivergenceWatch:
             return None
         bad = self.backend.get(pending)[0]  # on the local backend, the result itself
         return None if bad is None else f"NaN or Inf in the server's {bad}"
+
+
+def diverged(recorder: Recorder, label: str, seed: int, rnd: int, reason: str) -> None:
+    """Log, and note in the run's manifest, that it diverged at round `rnd` and why."""
+    log.warning("%s seed %d diverged at round %d: %s", label, seed, rnd, reason)
+    recorder.manifest.update(diverged_round=rnd, diverged_reason=reason)

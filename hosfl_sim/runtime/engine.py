@@ -10,6 +10,7 @@ run alive:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 from hosfl_sim.algorithms import Algorithm, TaskSpec, get_algorithm
 from hosfl_sim.algorithms.base import RoundResult
 from hosfl_sim.comm import Ledger
-from hosfl_sim.config import Scenario
+from hosfl_sim.config import ConfigError, Scenario
 from hosfl_sim.config.identity import run_label
 from hosfl_sim.data import DataSplit, load_dataset, partition_dataset
 from hosfl_sim.data.text import is_text_dataset, load_text_dataset
@@ -29,12 +30,12 @@ from hosfl_sim.runtime.callbacks import RoundCallback
 from hosfl_sim.runtime.checkpoint import remove_checkpoint
 from hosfl_sim.runtime.checks import check_algorithm, check_scenario
 from hosfl_sim.runtime.cluster import check_address
-from hosfl_sim.runtime.divergence import DivergenceWatch
+from hosfl_sim.runtime.divergence import DivergenceWatch, diverged
 from hosfl_sim.runtime.errors import ServerLost
 from hosfl_sim.runtime.lock import RunLock
 from hosfl_sim.runtime.progress import RunProgress
 from hosfl_sim.runtime.recovery import RoundMemory, run_round_surviving
-from hosfl_sim.runtime.resume import ENDED, RunSummary, after_server_loss, resume_state, save_run
+from hosfl_sim.runtime.resume import ENDED, RunSummary, after_server_loss, failed_run, resume_state, save_run
 from hosfl_sim.runtime.rows import client_rows, round_row
 from hosfl_sim.runtime.trackers import round_callbacks
 from hosfl_sim.system import Availability, RoundClock, build_profiles
@@ -97,14 +98,19 @@ class Engine:
 
     def run_all(self, out_dir: str | Path, overrides: dict | None = None, resume: bool = False) -> list[RunSummary]:
         """Every (seed, algorithm) into `out_dir/<label>_seed<seed>`. `resume`: runs that ended are kept, runs
-        with a checkpoint continue from it, the rest start afresh. Stops after a run that was interrupted."""
-        out = []
-        for seed in self.scenario.seeds:
-            for i in range(len(self.scenario.algorithms)):
-                run_dir = Path(out_dir) / run_label(self.scenario, i, seed)
+        with a checkpoint continue from it, the rest start afresh. A run that fails is recorded as failed (its
+        manifest says why) and the others still run; one that was interrupted stops the rest."""
+        out: list[RunSummary] = []
+        for seed, i in itertools.product(self.scenario.seeds, range(len(self.scenario.algorithms))):
+            run_dir = Path(out_dir) / run_label(self.scenario, i, seed)
+            try:
                 out.append(self.run_one(i, seed, run_dir, overrides, resume=resume))
-                if out[-1].status == "interrupted":
-                    return out
+            except (ConfigError, ServerLost):  # the scenario is wrong, or the server is gone: nothing else can run
+                raise
+            except Exception as e:
+                out.append(failed_run(run_dir, seed, e))
+            if out[-1].status == "interrupted":
+                return out
         return out
 
     def spec(self, index: int, seed: int) -> TaskSpec:
@@ -230,7 +236,7 @@ class Engine:
                     raise
             if late is not None:  # the round before left NaN/Inf in the server: it diverged; this one is dropped
                 status, rnd = "diverged", rnd - 1
-                self._diverged(recorder, algorithm, seed, rnd, late)
+                diverged(recorder, algorithm.cfg.display_name, seed, rnd, late)
                 break
             base = {"algorithm": algorithm.cfg.display_name, "seed": seed, "round": rnd}
             row, rows, last = self._rows(base, run, clients, outcome, profiles, measuring)
@@ -245,7 +251,7 @@ class Engine:
                     self._checkpoint(recorder, algorithm, index, seed, rnd, run)
             if reason is not None:
                 status = "diverged"
-                self._diverged(recorder, algorithm, seed, rnd, reason)
+                diverged(recorder, algorithm.cfg.display_name, seed, rnd, reason)
                 break
             if last:
                 break
@@ -285,10 +291,6 @@ class Engine:
     def _divergence(self, result: RoundResult, row: dict, completed: int) -> str | None:
         """Why the run has diverged at the round just logged, or None (divergence.py)."""
         return self.watch.check(result, row, completed, self._may_defer)
-
-    def _diverged(self, recorder: Recorder, algorithm: Any, seed: int, rnd: int, reason: str) -> None:
-        log.warning("%s seed %d diverged at round %d: %s", algorithm.cfg.display_name, seed, rnd, reason)
-        recorder.manifest.update(diverged_round=rnd, diverged_reason=reason)
 
     def _checkpoint(
         self, recorder: Recorder, algorithm: Algorithm, index: int, seed: int, rnd: int, run: RunProgress

@@ -3,6 +3,7 @@ checkpoint goes on from it."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from hosfl_sim.config import ConfigError, Scenario, to_dict
 from hosfl_sim.config.identity import run_hash
 from hosfl_sim.record import Recorder, read_manifest
 from hosfl_sim.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 ENDED = ("completed", "diverged")  # a run that ended on its own: a resume keeps it
 
@@ -96,3 +99,11 @@ def after_server_loss(run_dir: Path, checkpoint_round: int | None, checkpoint_ev
     if checkpoint_every:  # set, but the server died before the first checkpoint was written
         return f"it died before the first checkpoint (round {checkpoint_every}): run it again"
     return "no checkpoint to resume from (set runtime.checkpoint_every)"
+
+
+def failed_run(run_dir: Path, seed: int, error: Exception) -> RunSummary:
+    """The summary of a run that raised `error` (its manifest, written as it failed, holds the reason)."""
+    log.error("%s failed: %s: %s", run_dir.name, type(error).__name__, error)
+    manifest = read_manifest(run_dir) if (run_dir / "manifest.json").exists() else {}
+    rounds = int(manifest.get("rounds_completed") or 0)
+    return RunSummary(manifest.get("algorithm", run_dir.name), seed, run_dir, "failed", rounds, {})
