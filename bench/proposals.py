@@ -61,7 +61,7 @@ class ReferenceHOSFL(HOSFL):
 
     def finish_step(self, s: Step, active: list[int], metas: dict, server_meta: object, probes: dict) -> None:
         """From the server's step to the log."""
-        self.server_stepped(s, active, metas, s.calls.get(server_meta))
+        self.served(s, active, s.calls.get(server_meta), {c: metas[c]["grad"] for c in active})
         probed = dict(zip(active, s.calls.get([probes[c] for c in active])))
         flops = {c: self.cfg.perturbations * metas[c]["flops"] for c in active}
         scalars = {c: Scalars.of(v) for c, (v, _) in probed.items()}

@@ -6,8 +6,7 @@ One local step, for the K sampled clients (all use the same P seeds):
   client  v_p = <f_c(theta_c + mu u_p; x) - a, g>, p=1..P  -> v up             (P forwards)
   server  v_bar = mean_k v                                 -> (seeds, v_bar) down to everyone
   every replica: theta_c <- opt(theta_c, (1 / (P mu)) sum_p v_bar_p u_p)
-The average is the server's control logic, run by the driver (as a Flower strategy aggregates in the server
-app), so the scalars take one hop, not two; routing and barriers: seed_round.py.
+The driver averages, as the server's control logic (routing and barriers: seed_round.py).
 """
 
 from __future__ import annotations
@@ -73,9 +72,8 @@ class HOSFLServer(ReplicaServer):
         return {**super().state(), "client_updater": self.client_updater, "optimizer": self.optimizer}
 
     def train_step(self, plan: list[tuple[int, int]], *groups: list[dict]) -> list:
-        """One first-order step on the planned uploads (the kept clients, in client order); returns, per group, the
-        cut gradients of its planned uploads, then the losses and FLOPs. Scales: `cut_grad_scale` weighs each
-        loss in the backward (g = weight x dl_k/da_k); the step averages the gradients (1/K, or 1/K^2)."""
+        """One step on the kept clients' uploads; returns each group's cut gradients, then losses and FLOPs. Each loss
+        has weight `cut_grad_scale` in the backward (g = weight x dl_k/da_k); the step averages (1/K or 1/K^2)."""
         uploads, cfg = planned(plan, groups), self.spec.algorithm
         k, weight = len(uploads), 1.0 / len(uploads) if cfg.cut_grad_scale == "1/K" else 1.0
         self.optimizer.zero_grad(set_to_none=True)
@@ -120,22 +118,16 @@ class HOSFL(SeedBasedAlgorithm):
             uploads = [anchors[w][0] for w in groups]
             out = s.calls.server(HOSFLServer.train_step, make_plan(kept, groups), *uploads, num_returns=len(groups) + 1)
             grads = dict(zip(groups, out))
-            each_of = HOSFLClient.each_of
-            probes = {w: s.calls.client(w, each_of, HOSFLClient.probe, cs, grads[w], s.seeds, num_returns=2)
+            probes = {w: s.calls.client(w, HOSFLClient.each_of, HOSFLClient.probe, cs, grads[w], s.seeds, num_returns=2)
                       for w, cs in by_worker(kept, s.worker).items()}  # fmt: skip
             return out[-1], probes
 
-        def uploads_read() -> dict[int, dict]:
-            metas = self.read(s, groups, anchors, 1)
-            self.uploaded(s, active, metas)
-            return metas
-
-        active, sent, metas = self.around_barrier(s, active, server_step, uploads_read)
+        active, sent, metas = self.around_barrier(s, active, server_step, self.uploads_read(s, groups, anchors, active))
         if not active:
             return active
         (server, probes), kept = sent, by_worker(active, s.worker)
         server, _ = s.calls.get([server, self.pending_update])  # (the previous update too: its error is raised)
-        self.server_stepped(s, active, metas, server)
+        self.served(s, active, server, {c: metas[c]["grad"] for c in active})  # each client's cut gradient down
         probed = s.calls.get([probes[w] for w in kept])
         v = in_client_order(kept, [vs for vs, _ in probed])
         flops = {c: self.cfg.perturbations * metas[c]["flops"] for c in active}  # P probe forwards
@@ -147,11 +139,3 @@ class HOSFL(SeedBasedAlgorithm):
             self.pending_update = s.calls.later(s.calls.server(HOSFLServer.update_client, s.seeds, v_bar))
             self.close_step(s, v_bar, active, metas)
         return active
-
-    def server_stepped(self, s: Step, active: list[int], metas: dict, server: dict) -> None:
-        """The server's step on the clock; each client's cut gradient down and its loss."""
-        s.clock.server_batch(active, server["flops"])
-        for cid, loss in zip(active, server["losses"]):
-            s.channel.down(cid, metas[cid]["grad"])
-            s.records[cid].train_loss = loss
-        s.losses.extend(server["losses"])

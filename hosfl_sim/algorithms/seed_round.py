@@ -28,7 +28,7 @@ from hosfl_sim.algorithms.roles import ClientRole, ServerRole
 from hosfl_sim.algorithms.routing import by_worker, in_client_order, keep_all
 from hosfl_sim.algorithms.state import bookkeeping
 from hosfl_sim.comm.channel import Channel
-from hosfl_sim.comm.messages import Scalars, Seeds
+from hosfl_sim.comm.messages import Message, Scalars, Seeds
 from hosfl_sim.system.clock import RoundClock
 from hosfl_sim.zo import ZOUpdater, derive_seeds
 
@@ -134,6 +134,27 @@ class SeedBasedAlgorithm(Algorithm):
     def read(s: Step, groups: dict[int, list[int]], calls: dict[int, Any], part: int) -> dict[int, Any]:
         """{client: its value} of return `part` of every worker's call (0: uploads, 1: metas)."""
         return in_client_order(groups, s.calls.get([calls[w][part] for w in groups]))
+
+    def uploads_read(
+        self, s: Step, groups: dict[int, list[int]], calls: dict[int, Any], active: list[int]
+    ) -> Callable[[], dict[int, dict]]:
+        """A barrier's `charge`: read the clients' metadata (the calls' second return), charge it (`uploaded`)."""
+
+        def charge() -> dict[int, dict]:
+            metas = self.read(s, groups, calls, 1)
+            self.uploaded(s, active, metas)
+            return metas
+
+        return charge
+
+    def served(self, s: Step, active: list[int], server: dict, replies: dict[int, Message]) -> None:
+        """The server's step on the kept clients (`server`: its FLOPs and one loss per client) on the clock; each
+        client's reply down and its loss."""
+        s.clock.server_batch(active, server["flops"])
+        for cid, loss in zip(active, server["losses"]):
+            s.channel.down(cid, replies[cid])
+            s.records[cid].train_loss = loss
+        s.losses.extend(server["losses"])
 
     def uploaded(self, s: Step, active: list[int], metas: dict[int, dict]) -> None:
         """Each client's forward on the clock, its activations and labels up, its measured compute."""

@@ -116,12 +116,7 @@ class SFLZO(SeedBasedAlgorithm):
         def server_step(kept: list[int]) -> tuple[Any, Any]:
             return self.server_step(s.calls, s.seeds, server_seeds, make_plan(kept, groups), uploads)
 
-        def uploads_read() -> dict[int, dict]:
-            metas = self.read(s, groups, calls, 1)
-            self.uploaded(s, active, metas)
-            return metas
-
-        active, sent, metas = self.around_barrier(s, active, server_step, uploads_read)
+        active, sent, metas = self.around_barrier(s, active, server_step, self.uploads_read(s, groups, calls, active))
         if not active:
             return active
         s_bar, smeta = s.calls.get(list(sent))
