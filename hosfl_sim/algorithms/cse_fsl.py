@@ -42,7 +42,7 @@ from torch import nn
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, RoundResult
-from hosfl_sim.algorithms.fsl_sage import FSLSAGEServer, build_aux
+from hosfl_sim.algorithms.fsl_sage import FSLSAGEServer, begin_with_aux, build_aux
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import SplitClient, load_numpy, split_steps, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_wire
@@ -143,12 +143,7 @@ class CSEFSL(Algorithm):
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock, every = channel.clock, self.cfg.upload_every
         worker, records = self.assign(clients)
-        global_state, size = backend.server(CSEFSLServer.global_client, num_returns=2)
-        aux_state, aux_size = backend.server(CSEFSLServer.global_aux, num_returns=2)
-        client_part, aux_head = backend.get([size, aux_size])
-        active = self.send_model(clients, channel, client_part + aux_head)
-        for cid in active:
-            backend.later(backend.client(worker[cid], CSEFSLClient.begin, cid, global_state, aux_state))
+        active, models = begin_with_aux(CSEFSLServer, CSEFSLClient.begin, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:
             up, meta = backend.client(worker[cid], CSEFSLClient.step, cid, rnd, step, step % every == 0, num_returns=2)
@@ -171,7 +166,7 @@ class CSEFSL(Algorithm):
                 r.train_loss = row[3]["loss"]
         serve_queue(clock, arrivals)
         for cid in active:
-            channel.up(cid, client_part + aux_head)
+            channel.up(cid, models)
         kept = self.barrier(clock, active, backend, worker)
         clock.server_only(0.0)  # the round ends once the server has also worked off its queue
         weights = self.client_sizes[np.array(kept, dtype=np.int64)]

@@ -32,6 +32,7 @@ averages only the clients it kept. A round's samples and training loss are the k
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,22 @@ class FSLSAGEServer(SFLServer):
             average_into(self.aux, [u["aux"] for u in uploads], weights)
 
 
+def begin_with_aux(
+    server: type[FSLSAGEServer], begin: Callable[..., None], clients: np.ndarray, worker: dict[int, int],
+    backend: Backend, channel: Channel,
+) -> tuple[list[int], Weights]:  # fmt: skip
+    """A round of clients that train with an aux head: the global client part and aux head down (then mid-round
+    failures drop out), each kept client begun on them (`begin`: its role's). Returns the clients that go on and
+    the two as one message (what each client sends back up)."""
+    global_state, size = backend.server(server.global_client, num_returns=2)
+    aux_state, aux_size = backend.server(server.global_aux, num_returns=2)
+    client_part, aux_head = backend.get([size, aux_size])
+    active = Algorithm.send_model(clients, channel, client_part + aux_head)
+    for cid in active:
+        backend.later(backend.client(worker[cid], begin, cid, global_state, aux_state))
+    return active, client_part + aux_head
+
+
 @register
 class FSLSAGE(Algorithm):
     name = "fsl_sage"
@@ -176,12 +193,7 @@ class FSLSAGE(Algorithm):
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         cfg, clock = self.cfg, channel.clock
         worker, records = self.assign(clients)
-        global_state, size = backend.server(self.server_role.global_client, num_returns=2)
-        aux_state, aux_size = backend.server(self.server_role.global_aux, num_returns=2)
-        client_part, aux_head = backend.get([size, aux_size])
-        active = self.send_model(clients, channel, client_part + aux_head)
-        for cid in active:
-            backend.later(backend.client(worker[cid], self.client_role.begin, cid, global_state, aux_state))
+        active, models = begin_with_aux(FSLSAGEServer, FSLSAGEClient.begin, clients, worker, backend, channel)
         plan = []  # per local step: (aligned, [(client, futures)])
         for step in range(cfg.local_steps):
             aligned = ((rnd - 1) * cfg.local_steps + step) % cfg.align_every == 0
@@ -223,7 +235,7 @@ class FSLSAGE(Algorithm):
                 r.samples += m["samples"]
                 real.append((cid, s["loss"]))
         for cid in active:
-            channel.up(cid, client_part + aux_head)
+            channel.up(cid, models)
         kept = self.barrier(clock, active, backend, worker)
         weights = self.client_sizes[np.array(kept, dtype=np.int64)]
         backend.get(backend.server(self.server_role.finish, weights, *[uploads[c] for c in kept]))

@@ -41,6 +41,7 @@ import numpy as np
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm, ClientRecord, RoundResult
 from hosfl_sim.algorithms.cse_fsl import CSEFSLClient, CSEFSLServer, serve_queue
+from hosfl_sim.algorithms.fsl_sage import begin_with_aux
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.sfl import split_steps
 from hosfl_sim.comm.channel import Channel
@@ -62,12 +63,7 @@ class LocalLossSL(Algorithm):
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
         worker, records = self.assign(clients)
-        global_state, size = backend.server(CSEFSLServer.global_client, num_returns=2)
-        aux_state, aux_size = backend.server(CSEFSLServer.global_aux, num_returns=2)
-        client_part, aux_head = backend.get([size, aux_size])
-        active = self.send_model(clients, channel, client_part + aux_head)
-        for cid in active:
-            backend.later(backend.client(worker[cid], CSEFSLClient.begin, cid, global_state, aux_state))
+        active, models = begin_with_aux(CSEFSLServer, CSEFSLClient.begin, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:
             return cid, *backend.client(worker[cid], CSEFSLClient.step, cid, rnd, step, True, num_returns=2)
@@ -77,7 +73,7 @@ class LocalLossSL(Algorithm):
         metas = backend.get([[meta for _, _, meta in batch] for batch in steps])
         arrivals = self.charge_clients(steps, metas, channel, records)
         for cid in active:
-            channel.up(cid, client_part + aux_head)
+            channel.up(cid, models)
         kept = self.barrier(clock, active, backend, worker)
         # the kept clients' uploads, first come first served (ties: step, then the client's place in the sample)
         place, kept_set = {int(c): i for i, c in enumerate(clients)}, set(kept)
