@@ -82,9 +82,14 @@ def run(
     engine = Engine(sc, progress=progress)
     try:
         engine.validate()
-        engine.run_all(target)
+        summaries = engine.run_all(target)
     finally:
         engine.close()
+    failed = [s for s in summaries if s.status == "failed"]
+    if failed:  # the others ran; every run's rows are on disk, its manifest says why
+        raise RuntimeError(
+            f"{len(failed)} run(s) failed, see their manifest.json: {', '.join(str(s.run_dir) for s in failed)}"
+        )
     return load_runs(target)
 
 

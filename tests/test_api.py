@@ -40,3 +40,20 @@ def test_the_package_and_a_scenario_load_no_torch():
     code = "import sys, hosfl_sim; hosfl_sim.scenario('quickstart'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_run_that_fails_raises_naming_it_after_the_others_ran(tmp_path, monkeypatch):
+    from hosfl_sim.runtime.engine import Engine
+
+    real = Engine.run_one
+
+    def run_one(self, index, seed, run_dir, *args, **kwargs):
+        if index == 0:
+            raise FloatingPointError("overflow")
+        return real(self, index, seed, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "run_one", run_one)
+    algos = [{"name": "hosfl", "perturbations": 2}, {"name": "sfl"}]
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*hosfl_seed0"):
+        hosfl_sim.run(tiny_scenario(algorithms=algos), {"federation.rounds": 2}, tmp_path, False)
+    assert len(list(tmp_path.glob("sfl_seed0/rounds.parquet"))) == 1  # the other run went on
