@@ -372,6 +372,7 @@ class FederationConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     backend: Literal["ray", "local"] = "ray"  # local: everything in this process (debugging, tests)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when visible; cuda without CUDA is refused
     num_workers: int = 2  # ClientWorker actors; each serves any virtual client
     worker_num_cpus: float = 1.0
     worker_num_gpus: float = 0.0  # fractional GPUs per worker; only used when CUDA is present
