@@ -373,6 +373,7 @@ class FederationConfig:
 class RuntimeConfig:
     backend: Literal["ray", "local"] = "ray"  # local: everything in this process (debugging, tests)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when visible; cuda without CUDA is refused
+    fuse_clients: bool | Literal["auto"] = "auto"  # a worker's clients as one batched forward; auto: on CUDA only
     num_workers: int = 2  # ClientWorker actors; each serves any virtual client
     worker_num_cpus: float = 1.0
     worker_num_gpus: float = 0.0  # fractional GPUs per worker; only used when CUDA is present
