@@ -71,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         restore()
         engine.close()  # actors, and a local Ray instance: nothing is left running
     failed = [s for s in summaries if s.status != "completed"]
-    _print_summary(out, args.target)
+    if out.is_dir():  # runs that failed before writing anything leave nothing to summarize
+        _print_summary(out, args.target)
     if args.plot:
         from hosfl_sim.plots import load_runs, save_all
 

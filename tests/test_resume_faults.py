@@ -87,3 +87,27 @@ def test_a_run_that_fails_is_recorded_and_the_other_runs_still_go(tmp_path, caps
     assert [(s.algorithm, s.status, s.rounds) for s in summaries] == [("hosfl", "failed", 2), ("sfl", "completed", 4)]
     record = json.loads((summaries[0].run_dir / "manifest.json").read_text())
     assert record["status"] == "failed" and "overflow in the server step" in record["error"]
+
+
+@pytest.mark.parametrize("where", ["under a file", "read-only"])
+def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path, capsys, where):
+    import os
+
+    if where == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes through permission bits (a read-only mount is checked by statvfs instead)")
+    parent = tmp_path / "parent"
+    if where == "under a file":
+        parent.write_text("not a folder")
+    else:
+        parent.mkdir()
+        parent.chmod(0o555)
+    args = ["run", "quickstart", "runtime.backend=local", "federation.rounds=2", "--quiet"]
+    try:
+        assert main([*args, "--out", str(parent / "runs")]) == 2
+    finally:
+        if parent.is_dir():
+            parent.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out:")
+    assert ("is a file" in err[0]) if where == "under a file" else ("no write permission" in err[0])
+    assert not (parent / "runs").exists()

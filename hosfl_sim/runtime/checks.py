@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -75,3 +77,19 @@ def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -
         Availability(sc.system.availability, sc.federation.num_clients, spec.seed)
         if sc.system.policy == "deadline":
             check_deadline(sc.system, split, spec, profiles)
+
+
+def check_output_dir(out: str | Path, field: str = "--out") -> None:
+    """`out` can hold runs: it, or the nearest folder above it that exists, is a writable directory.
+    Checked before anything is made, so a read-only or mistyped path fails in one line, not in every run."""
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(field, str(out), f"a directory ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(existing) else "no write permission"
+        raise ConfigError(field, str(out), f"a directory this user can write ({existing}: {why})")
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

@@ -28,7 +28,7 @@ from hosfl_sim.record import Recorder, build_manifest
 from hosfl_sim.runtime.backends import make_backend
 from hosfl_sim.runtime.callbacks import RoundCallback
 from hosfl_sim.runtime.checkpoint import remove_checkpoint
-from hosfl_sim.runtime.checks import check_algorithm, check_scenario
+from hosfl_sim.runtime.checks import check_algorithm, check_output_dir, check_scenario
 from hosfl_sim.runtime.cluster import check_address
 from hosfl_sim.runtime.divergence import DivergenceWatch, diverged
 from hosfl_sim.runtime.errors import ServerLost
@@ -97,9 +97,9 @@ class Engine:
             _ = self.backend  # the actors, which the Ray backend first checks the cluster can hold
 
     def run_all(self, out_dir: str | Path, overrides: dict | None = None, resume: bool = False) -> list[RunSummary]:
-        """Every (seed, algorithm) into `out_dir/<label>_seed<seed>`. `resume`: runs that ended are kept, runs
-        with a checkpoint continue from it, the rest start afresh. A run that fails is recorded as failed (its
-        manifest says why) and the others still run; one that was interrupted stops the rest."""
+        """Every (seed, algorithm) into `out_dir/<label>_seed<seed>`; `resume` keeps ended runs and continues
+        checkpointed ones. A failed run is recorded (its manifest says why); an interrupted one stops the rest."""
+        check_output_dir(out_dir)
         out: list[RunSummary] = []
         for seed, i in itertools.product(self.scenario.seeds, range(len(self.scenario.algorithms))):
             run_dir = Path(out_dir) / run_label(self.scenario, i, seed)

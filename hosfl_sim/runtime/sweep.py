@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from hosfl_sim.config import ConfigError, load_scenario, to_dict
+from hosfl_sim.runtime.checks import check_output_dir
 from hosfl_sim.runtime.sweep_index import INDEX, final_metrics, index_row, is_complete, write_index
 from hosfl_sim.runtime.sweep_plan import PlannedRun, SweepSpec, load_sweep_spec, plan_sweep
 
@@ -105,6 +106,7 @@ def run_sweep(
     out = (Path(out_dir) if out_dir else Path(runs[0].scenario.output_dir) / "sweeps" / spec.name).absolute()
     if not resume and ((out / INDEX).exists() or (out / SWEEP_JSON).exists()):
         raise ConfigError("--out", str(out), "a directory without a sweep (pass --resume to continue this one)")
+    check_output_dir(out)
     skipped = [r.path for r in runs if resume and is_complete(out / r.path, r.config_sha256)]
     todo = [r for r in runs if r.path not in skipped]
     address = address if address is not None else runs[0].scenario.runtime.address
