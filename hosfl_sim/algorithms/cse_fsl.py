@@ -33,7 +33,7 @@ Interpretations where the paper leaves a detail open:
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -134,7 +134,7 @@ class CSEFSL(Algorithm):
         "per upload; up: activations and labels every upload_every local steps, client + aux weights; "
         "down: client + aux weights (no cut gradient)"
     )
-    client_role = CSEFSLClient
+    client_role: ClassVar[type[CSEFSLClient]] = CSEFSLClient  # HERON-SFL runs this round with its ZO client
     server_role = CSEFSLServer
     options = frozenset({"client_optimizer", "server_optimizer", "upload_every"})
     supports_policies = True
@@ -143,14 +143,15 @@ class CSEFSL(Algorithm):
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock, every = channel.clock, self.cfg.upload_every
         worker, records = self.assign(clients)
-        active, models = begin_with_aux(CSEFSLServer, CSEFSLClient.begin, clients, worker, backend, channel)
+        role = self.client_role
+        active, models = begin_with_aux(CSEFSLServer, role.begin, clients, worker, backend, channel)
 
         def send(cid: int, step: int) -> tuple:
-            up, meta = backend.client(worker[cid], CSEFSLClient.step, cid, rnd, step, step % every == 0, num_returns=2)
+            up, meta = backend.client(worker[cid], role.step, cid, rnd, step, step % every == 0, num_returns=2)
             return (cid, step, meta, backend.server(CSEFSLServer.step, up)) if step % every == 0 else (cid, step, meta)
 
         steps = split_steps(self, active, send)
-        uploads = {c: backend.client(worker[c], CSEFSLClient.upload, c) for c in active}
+        uploads = {c: backend.client(worker[c], role.upload, c) for c in active}
         arrivals, losses = [], []  # (arrival time, step, client, server FLOPs); (client, server loss)
         for row in (row for batch in backend.get(steps) for row in batch):
             cid, step, meta = row[:3]

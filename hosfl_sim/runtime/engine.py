@@ -115,17 +115,17 @@ class Engine:
 
     def spec(self, index: int, seed: int) -> TaskSpec:
         sc = self.scenario
-        data = self.data
-        partition = partition_dataset(data.train.labels, sc.federation.num_clients, sc.task.partition, seed)
+        partition = partition_dataset(self.data.train.labels, sc.federation.num_clients, sc.task.partition, seed)
         return TaskSpec(
             model=sc.task.model,
-            num_classes=data.train.num_classes,
-            train=data.train,
-            test=data.test,
+            num_classes=self.data.train.num_classes,
+            train=self.data.train,
+            test=self.data.test,
             partition=partition,
             algorithm=sc.algorithms[index],
             federation=sc.federation,
             seed=seed,
+            fuse_clients=sc.runtime.fuse_clients,
         )
 
     def run_one(
