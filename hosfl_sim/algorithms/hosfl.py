@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hosfl_sim.algorithms.fused import concat, fusable, rows, shares
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.roles import ClientRole
 from hosfl_sim.algorithms.routing import by_group, by_worker, in_client_order, make_plan, planned
 from hosfl_sim.algorithms.seed_round import ReplicaServer, SeedBasedAlgorithm, Step
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_wire
@@ -27,6 +29,8 @@ from hosfl_sim.zo import ZOUpdater, make_optimizer
 
 
 class HOSFLClient(ZOClient):
+    fused_phases = {"anchor": "fused_anchors", "probe": "fused_probes"}  # runtime.fuse_clients (fused.py)
+
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
         self.pending: dict[int, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}  # (x, a) until its probes
@@ -42,10 +46,29 @@ class HOSFLClient(ZOClient):
             feats, labels = sample_batch(self.spec, client_id, rnd, step)
             x = self.client_inputs(feats)
             a = self.forward_at(x)  # (B, ...) smashed data
-            self.pending[client_id] = (x, a)
-            up = {"a": to_wire(a), "side": self.side_inputs(feats), "y": labels}
+            up, meta = self.upload(client_id, x, a, feats, labels)
+        return up, {**meta, "compute_s": t.seconds}
+
+    def upload(self, client_id: int, x: dict, a: torch.Tensor, feats: dict, labels: np.ndarray) -> tuple[dict, dict]:
+        """A client's anchor kept for its probes, and its upload (a, side inputs, y) with its metadata."""
+        self.pending[client_id] = (x, a)
+        up = {"a": to_wire(a), "side": self.side_inputs(feats), "y": labels}
         meta = {"act": Activations.of(up["a"], up["side"]), "grad": CutGrad.of(up["a"]), "labels": Labels.of(labels)}
-        return up, {**meta, "samples": len(labels), "compute_s": t.seconds, "flops": self.forward_flops(x)}
+        return up, {**meta, "samples": len(labels), "flops": self.forward_flops(x)}
+
+    @torch.no_grad()
+    def fused_anchors(self, records: list, client_ids: list[int], rnd: int, step: int) -> tuple[list, list]:
+        """`anchor` for each of a worker's clients, as one forward on their batches (fused.py)."""
+        drawn = [sample_batch(self.spec, c, rnd, step) for c in client_ids]
+        xs = [self.client_inputs(feats) for feats, _ in drawn]
+        if not fusable(xs):
+            return ClientRole.each(self, HOSFLClient.anchor, records, client_ids, rnd, step)
+        with self.work(client_ids[0]) as t:
+            self.sync(records)
+            acts = self.forward_at(concat(xs)).split(rows(xs))
+            out = [self.upload(c, x, a, *d) for c, x, a, d in zip(client_ids, xs, acts, drawn)]
+        seconds = shares(t.seconds, rows(xs))
+        return [up for up, _ in out], [{**meta, "compute_s": s} for (_, meta), s in zip(out, seconds)]
 
     @torch.no_grad()
     def probe(self, client_id: int, g: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -57,6 +80,23 @@ class HOSFLClient(ZOClient):
             for i, out in enumerate(self.probe_outputs(x, seeds, self.spec.algorithm.mu)):
                 v[i] = float(torch.dot(out.sub_(a).flatten(), g_t))  # in place: no extra activation buffer
         return v, {"compute_s": t.seconds}
+
+    @torch.no_grad()
+    def fused_probes(self, client_ids: list[int], gs: list[np.ndarray], seeds: np.ndarray) -> tuple[list, list]:
+        """`probe` for each of a worker's clients, each direction one forward on their batches; each client's v
+        from its own rows (fused.py)."""
+        xs = [self.pending[c][0] for c in client_ids]
+        if not fusable(xs):
+            return ClientRole.each_of(self, HOSFLClient.probe, client_ids, gs, seeds)
+        with self.work(client_ids[0]) as t:
+            a = torch.cat([self.pending.pop(c)[1] for c in client_ids])
+            g_t = [from_wire(g, self.device, a.dtype).flatten() for g in gs]
+            v = torch.empty(len(client_ids), len(seeds), device=self.device)  # read back once: no sync per probe
+            for i, out in enumerate(self.probe_outputs(concat(xs), seeds, self.spec.algorithm.mu)):
+                for k, d in enumerate(out.sub_(a).split(rows(xs))):
+                    v[k, i] = torch.dot(d.flatten(), g_t[k])
+            vs = list(v.cpu().numpy())
+        return vs, [{"compute_s": s} for s in shares(t.seconds, rows(xs))]
 
 
 class HOSFLServer(ReplicaServer):

@@ -114,3 +114,4 @@ def count_flops(module: torch.nn.Module, *args: Any, **kwargs: Any) -> int:
 
 def shape_key(tensors: dict[str, torch.Tensor]) -> tuple:
     return tuple((k, tuple(v.shape)) for k, v in sorted(tensors.items()))
+    fuse_clients: bool | str = "auto"  # runtime.fuse_clients; each client role resolves "auto" on its device

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from hosfl_sim.algorithms.fused import FusedClient
 from hosfl_sim.algorithms.seed_round import ReplicaClient
 from hosfl_sim.algorithms.task import TaskSpec, to_wire
 from hosfl_sim.models import freeze_batchnorm, trainable_parameters
@@ -32,9 +33,10 @@ def prepare_zo_module(module: torch.nn.Module) -> tuple[list[str], list[torch.nn
     return [n for n, _ in named], [p for _, p in named]
 
 
-class ZOClient(ReplicaClient):
+class ZOClient(FusedClient, ReplicaClient):
     """One replica of a seed-updated client part. Records of (seeds, scalars) are applied in
-    order through the client optimizer; callers must hand every record exactly once."""
+    order through the client optimizer; callers must hand every record exactly once. Its phases may run fused
+    (algorithms/fused.py)."""
 
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
