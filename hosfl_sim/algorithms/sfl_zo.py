@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from hosfl_sim.algorithms.backend import Backend
+from hosfl_sim.algorithms.fused import concat, fusable, rows, shares
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.roles import ClientRole
 from hosfl_sim.algorithms.routing import make_plan, planned
 from hosfl_sim.algorithms.seed_round import ReplicaServer, SeedBasedAlgorithm, Step
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
@@ -32,6 +34,8 @@ SERVER_STREAM = 1  # seeds of the server half of each direction
 
 
 class SFLZOClient(ZOClient):
+    fused_phases = {"probe": "fused_probes"}  # runtime.fuse_clients (fused.py)
+
     @torch.no_grad()
     def probe(self, records: list, client_id: int, rnd: int, step: int, seeds: np.ndarray) -> tuple[dict, dict]:
         with self.work(client_id) as t:
@@ -40,15 +44,40 @@ class SFLZOClient(ZOClient):
             x = self.client_inputs(feats)
             mu = self.spec.algorithm.mu
             acts = [to_wire(self.forward_at(x, int(s), sign * mu)) for s in seeds for sign in (1.0, -1.0)]
-            upload = {"a": np.stack(acts), "side": self.side_inputs(feats), "y": labels}  # (2P, B, ...)
+            upload, meta = self.upload(acts, x, feats, labels)
+        return upload, {**meta, "compute_s": t.seconds}
+
+    def upload(self, acts: list[np.ndarray], x: dict, feats: dict, labels: np.ndarray) -> tuple[dict, dict]:
+        """A client's 2P activations (in the order of `acts`), side inputs and labels, with their metadata."""
+        upload = {"a": np.stack(acts), "side": self.side_inputs(feats), "y": labels}  # (2P, B, ...)
         meta = {
-            "act": Activations.of(upload["a"], [upload["side"]] * (2 * len(seeds))),  # each probe with its side
+            "act": Activations.of(upload["a"], [upload["side"]] * len(acts)),  # each probe with its side
             "labels": Labels.of(labels),
             "samples": len(labels),
-            "compute_s": t.seconds,
-            "flops": 2 * len(seeds) * self.forward_flops(x),
+            "flops": len(acts) * self.forward_flops(x),
         }
         return upload, meta
+
+    @torch.no_grad()
+    def fused_probes(
+        self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray
+    ) -> tuple[list, list]:
+        """`probe` for each of a worker's clients, each direction and sign one forward on their batches (fused.py)."""
+        drawn = [sample_batch(self.spec, c, rnd, step) for c in client_ids]
+        xs = [self.client_inputs(feats) for feats, _ in drawn]
+        if not fusable(xs):
+            return ClientRole.each(self, SFLZOClient.probe, records, client_ids, rnd, step, seeds)
+        with self.work(client_ids[0]) as t:
+            self.sync(records)
+            x, mu = concat(xs), self.spec.algorithm.mu
+            acts: list[list[np.ndarray]] = [[] for _ in client_ids]
+            for s in seeds:
+                for sign in (1.0, -1.0):
+                    for k, a in enumerate(self.forward_at(x, int(s), sign * mu).split(rows(xs))):
+                        acts[k].append(to_wire(a))
+            out = [self.upload(a, xk, *d) for a, xk, d in zip(acts, xs, drawn)]
+        seconds = shares(t.seconds, rows(xs))
+        return [up for up, _ in out], [{**meta, "compute_s": s} for (_, meta), s in zip(out, seconds)]
 
 
 class SFLZOServer(ReplicaServer):

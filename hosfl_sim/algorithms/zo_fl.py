@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from hosfl_sim.algorithms.fedavg import whole_model_flops
+from hosfl_sim.algorithms.fused import FusedClient, concat, fusable, rows, shares
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
+from hosfl_sim.algorithms.roles import ClientRole
 from hosfl_sim.algorithms.routing import make_plan, planned
 from hosfl_sim.algorithms.seed_round import ReplicaClient, ReplicaServer, SeedBasedAlgorithm, Step
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, tensor, to_tensors
@@ -41,9 +43,11 @@ from hosfl_sim.zo import ZOUpdater
 from hosfl_sim.zo.probe import Prober
 
 
-class ZOFLClient(ReplicaClient):
+class ZOFLClient(FusedClient, ReplicaClient):
     """One replica of the seed-updated whole model (BatchNorm frozen, eval mode, no autograd graph).
-    Callers must hand every record exactly once, in order."""
+    Callers must hand every record exactly once, in order. Its probes may run fused (fused.py)."""
+
+    fused_phases = {"probe": "fused_probes"}  # runtime.fuse_clients
 
     def __init__(self, spec: TaskSpec):
         super().__init__(spec)
@@ -68,19 +72,43 @@ class ZOFLClient(ReplicaClient):
             feats, labels = sample_batch(self.spec, client_id, rnd, step)
             x, y = to_tensors(feats, self.device), tensor(labels, self.device)
             mu = self.spec.algorithm.mu
-            s = np.empty(len(seeds), dtype=np.float32)
-            losses = []
+            pairs = [(self.loss_at(x, y, int(seed), mu), self.loss_at(x, y, int(seed), -mu)) for seed in seeds]
+        return self.scalars(pairs, x, len(labels), t.seconds)
+
+    def scalars(
+        self, pairs: list[tuple[float, float]], x: dict, samples: int, seconds: float
+    ) -> tuple[np.ndarray, dict]:
+        """A client's P differences s_p = (l+ - l-) / 2 from its (l+, l-) pairs, with their metadata."""
+        s = np.array([(plus - minus) / 2.0 for plus, minus in pairs], dtype=np.float32)
+        loss = float(np.mean([0.5 * (plus + minus) for plus, minus in pairs]))
+        meta = {"loss": loss, "samples": samples, "compute_s": seconds, "scalars": Scalars.of(s)}
+        return s, {**meta, "flops": 2 * len(pairs) * whole_model_flops(self, x)}
+
+    @torch.no_grad()
+    def fused_probes(
+        self, records: list, client_ids: list[int], rnd: int, step: int, seeds: np.ndarray
+    ) -> tuple[list, list]:
+        """`probe` for each of a worker's clients, each direction and sign one forward on their batches; each
+        client's losses from its own rows (fused.py)."""
+        drawn = [sample_batch(self.spec, c, rnd, step) for c in client_ids]
+        xs = [to_tensors(feats, self.device) for feats, _ in drawn]
+        if not fusable(xs):
+            return ClientRole.each(self, ZOFLClient.probe, records, client_ids, rnd, step, seeds)
+        with self.work(client_ids[0]) as t:
+            self.sync(records)
+            x, ys, mu = concat(xs), [tensor(labels, self.device) for _, labels in drawn], self.spec.algorithm.mu
+            losses = torch.empty(len(seeds), 2, len(client_ids), device=self.device)  # read back once
             for i, seed in enumerate(seeds):
-                plus, minus = self.loss_at(x, y, int(seed), mu), self.loss_at(x, y, int(seed), -mu)
-                s[i] = (plus - minus) / 2.0
-                losses.append(0.5 * (plus + minus))
-        meta = {
-            "loss": float(np.mean(losses)),
-            "samples": len(labels),
-            "compute_s": t.seconds,
-            "scalars": Scalars.of(s),
-        }
-        return s, {**meta, "flops": 2 * len(seeds) * whole_model_flops(self, x)}
+                for j, sign in enumerate((1.0, -1.0)):
+                    for k, logits in enumerate(self.prober.at(int(seed), sign * mu, **x).split(rows(xs))):
+                        losses[i, j, k] = F.cross_entropy(logits, ys[k])
+            pairs = losses.cpu().double().numpy()
+        seconds = shares(t.seconds, rows(xs))
+        out = [
+            self.scalars(list(map(tuple, pairs[:, :, k])), xk, len(y), s)
+            for k, (xk, y, s) in enumerate(zip(xs, ys, seconds))
+        ]
+        return [s for s, _ in out], [meta for _, meta in out]
 
 
 class ZOFLServer(ReplicaServer):
