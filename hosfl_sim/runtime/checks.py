@@ -11,8 +11,9 @@ import numpy as np
 from hosfl_sim.algorithms import ALGORITHMS, Algorithm, TaskSpec, get_algorithm
 from hosfl_sim.algorithms.task import count_flops, to_tensors
 from hosfl_sim.config import ConfigError, Scenario
-from hosfl_sim.config.schema import SystemConfig
+from hosfl_sim.config.schema import RuntimeConfig, SystemConfig
 from hosfl_sim.models import SplitModel
+from hosfl_sim.runtime.device import place, require
 from hosfl_sim.runtime.trackers import check_trackers
 from hosfl_sim.system import Availability, build_profiles
 from hosfl_sim.system.profiles import DeviceProfiles
@@ -55,17 +56,28 @@ def check_deadline(system: SystemConfig, split: SplitModel, spec: TaskSpec, prof
         raise ConfigError("system.deadline_s", deadline, expected)
 
 
+def check_device(rt: RuntimeConfig) -> None:
+    """`runtime.device` and the GPU reservations fit the backend: on the local backend `cuda` needs a CUDA device
+    this process sees (and Ray's reservations mean nothing); on Ray an actor sees a GPU only if it reserves one."""
+    if rt.backend == "local":
+        for name in ("worker_num_gpus", "server_num_gpus"):
+            v = getattr(rt, name)
+            if v > 0:
+                expected = "0 with runtime.backend 'local' (a Ray reservation; it runs on runtime.device)"
+                raise ConfigError(f"runtime.{name}", v, expected)
+        require(rt.device, [place(rt.device)])
+    elif rt.device == "cuda" and not (rt.worker_num_gpus > 0 and rt.server_num_gpus > 0):
+        expected = "auto or cpu, or cuda with runtime.worker_num_gpus and server_num_gpus > 0 (Ray gives none else)"
+        raise ConfigError("runtime.device", rt.device, expected)
+
+
 def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -> None:
     """Runtime combinations, algorithm names and what they support, then the task of every seed (loading it
     checks the dataset, its files and the partitions), the model and its cut (built once), weights, trace files
     and a deadline some client can meet."""
     rt = sc.runtime
     check_trackers(rt.track)
-    if rt.backend == "local":
-        for name in ("worker_num_gpus", "server_num_gpus"):
-            v = getattr(rt, name)
-            if v > 0:
-                raise ConfigError(f"runtime.{name}", v, "0 with runtime.backend 'local' (it runs on the CPU)")
+    check_device(rt)
     for i, algo in enumerate(sc.algorithms):
         check_algorithm(sc, i, get_algorithm(algo.name, f"algorithms[{i}].name"))
     specs = specs_of_seeds()

@@ -152,7 +152,7 @@ class Engine:
             recorder = Recorder.reopen(run_dir, state["recorder"], state["round"])
         self.checkpoint_round = state["round"] if state else None
         try:
-            self.backend.setup(algo_cls, spec)
+            recorder.note(self.backend.setup(algo_cls, spec))  # the device the roles run on
             self.roles = (algo_cls.client_role, algo_cls.server_role)  # what the engine calls on
             algorithm = algo_cls(spec.algorithm, sc.federation, seed, self.backend.num_workers, spec.partition.sizes())
             label, shown = f"{algo_cfg.display_name} seed {seed}", (self.progress, self.progress_every_s)
