@@ -16,7 +16,11 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        import torch
+
+        # Without CUDA, 2 fake GPUs: runs that reserve GPU fractions get scheduled (and find no CUDA in them).
+        gpus = None if torch.cuda.is_available() else 2
+        ray.init(num_cpus=4, num_gpus=gpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 

@@ -26,8 +26,9 @@ class Backend(ABC):
         self._later: list[Any] = []
 
     @abstractmethod
-    def setup(self, algorithm: type[Algorithm], spec: TaskSpec) -> None:
-        """Build the algorithm's roles: one client role per worker, one server role."""
+    def setup(self, algorithm: type[Algorithm], spec: TaskSpec) -> dict[str, str]:
+        """Build the algorithm's roles: one client role per worker, one server role. Returns what the run's
+        manifest records of where they run (`device`, and `device_note` where a GPU given went unused)."""
 
     @abstractmethod
     def reset_workers(self, dead: list[int]) -> None:

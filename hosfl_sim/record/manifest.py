@@ -63,6 +63,7 @@ def build_manifest(
         "algorithm": algo.display_name,
         "algorithm_name": algo.name,
         "algorithm_index": algorithm_index,
+        "model": scenario.task.model.name,
         "seed": seed,
         "overrides": overrides or {},
         "status": "running",

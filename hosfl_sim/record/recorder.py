@@ -130,7 +130,8 @@ class Recorder:
         self = cls.__new__(cls)
         self.dir = Path(run_dir)
         manifest = read_manifest(self.dir)
-        for key in ("error", "diverged_round", "diverged_reason", "finished", "rounds_completed", "checkpoint_round"):
+        stale = ("error", "diverged_round", "diverged_reason", "finished", "rounds_completed", "checkpoint_round")
+        for key in (*stale, "device_note"):
             manifest.pop(key, None)
         manifest["status"] = "running"
         manifest.setdefault("resumed", []).append({"after_round": round_idx, "at": now()})
@@ -145,6 +146,12 @@ class Recorder:
                 (self.dir / f"{name}.parquet").unlink(missing_ok=True)
         self.flush()
         return self
+
+    def note(self, fields: dict[str, Any] | None) -> None:
+        """Adds `fields` to the manifest, written now (where the run's roles run, once the backend set them up)."""
+        if fields:
+            self.manifest.update(fields)
+            write_json(self.dir / "manifest.json", self.manifest)
 
     def position(self) -> dict[str, int]:
         """How many rows are logged: what a checkpoint records of the recorder. They are on disk on return."""

@@ -39,6 +39,8 @@ def check_resources(cfg: RuntimeConfig, available: dict[str, float]) -> None:
         raise ConfigError("runtime.worker_num_cpus", cfg.worker_num_cpus, expected)
     gpus = cfg.num_workers * cfg.worker_num_gpus + cfg.server_num_gpus
     have = available.get("GPU", 0.0)
+    if cfg.device == "cuda" and not have:
+        raise ConfigError("runtime.device", cfg.device, "auto or cpu: this Ray cluster has no GPU")
     if have and gpus > have:
         expected = f"a pool that fits the cluster's {have:g} GPUs (the run asks for {gpus:g})"
         raise ConfigError("runtime.worker_num_gpus", cfg.worker_num_gpus, expected)

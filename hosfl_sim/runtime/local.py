@@ -6,7 +6,8 @@ tests, debugging (`runtime.backend=local`) and as the baseline of the overhead b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm
 from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.runtime.allocator import keep_freed_memory
+from hosfl_sim.runtime.device import describe, place, require
 
 
 def _split(out: Any, num_returns: int) -> Any:
@@ -27,13 +29,22 @@ def _split(out: Any, num_returns: int) -> Any:
 
 
 class LocalBackend(Backend):
-    """Roles as plain objects in this process. Nothing here can die on its own, so it never raises WorkerLost."""
+    """Roles as plain objects in this process, on `device` (`runtime.device`; `gpu_ids`: the GPUs Ray gave this
+    process when it is a Ray task, see device.py). Nothing here can die on its own, so it never raises WorkerLost."""
 
     can_lose_workers = False
 
-    def __init__(self, num_workers: int, torch_threads: int | None = None):
+    def __init__(
+        self,
+        num_workers: int,
+        torch_threads: int | None = None,
+        device: str = "auto",
+        gpu_ids: Sequence[object] | None = None,
+    ):
         super().__init__()
         self.num_workers = num_workers
+        self.placement = place(device, gpu_ids)
+        require(device, [self.placement])
         keep_freed_memory()  # as the Ray actors do: the same allocator behaviour on both backends
         if torch_threads:
             torch.set_num_threads(torch_threads)  # the Ray actors use the same count: same kernels
@@ -41,10 +52,12 @@ class LocalBackend(Backend):
         self.server_role: Any = None
         self._setup: tuple[type[Algorithm], TaskSpec] | None = None
 
-    def setup(self, algorithm: type[Algorithm], spec: TaskSpec) -> None:
+    def setup(self, algorithm: type[Algorithm], spec: TaskSpec) -> dict[str, str]:
+        spec = dataclasses.replace(spec, device=self.placement.device)
         self._setup = (algorithm, spec)
         self.workers = [algorithm.client_role(spec) for _ in range(self.num_workers)]
         self.server_role = algorithm.server_role(spec)
+        return describe(self.placement, [self.placement])
 
     def reset_workers(self, dead: list[int]) -> None:
         """Every worker rebuilt fresh (the contract of the Ray backend after a worker died)."""

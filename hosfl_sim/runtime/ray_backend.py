@@ -39,6 +39,7 @@ from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.config import ConfigError, RuntimeConfig
 from hosfl_sim.runtime.allocator import keep_freed_memory
 from hosfl_sim.runtime.cluster import check_resources
+from hosfl_sim.runtime.device import Placement, describe, place, require
 from hosfl_sim.runtime.errors import ServerLost, WorkerLost
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,11 @@ class RoleHost:
         torch.set_num_threads(torch_threads)
         self.role: Any = None
 
-    def setup(self, role_cls: type, spec: TaskSpec) -> int:
-        import torch
-
-        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.role = role_cls(dataclasses.replace(spec, device=device))
-        return os.getpid()
+    def setup(self, role_cls: type, spec: TaskSpec, device: str = "auto") -> Placement:
+        """The role on `runtime.device` = `device`, on a GPU only where Ray gave this actor one (device.py)."""
+        placement = place(device, ray.get_gpu_ids())
+        self.role = role_cls(dataclasses.replace(spec, device=placement.device))
+        return placement
 
     def call(self, method: Callable[..., Any], *args: Any) -> Any:
         return self.role.invoke(method, *args)
@@ -108,11 +108,14 @@ class RayBackend(Backend):
             raise
         self.num_workers = cfg.num_workers
         self.torch_threads = cfg.torch_threads
+        self.device = cfg.device
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        wgpu = cfg.worker_num_gpus if has_gpu else 0.0
-        sgpu = cfg.server_num_gpus if has_gpu else 0.0
-        if not has_gpu and (cfg.worker_num_gpus or cfg.server_num_gpus):
-            log.warning("no GPU in the Ray cluster: workers and server run on the CPU")
+        use_gpu = has_gpu and cfg.device != "cpu"  # device cpu: reserve no GPU it would leave idle
+        wgpu = cfg.worker_num_gpus if use_gpu else 0.0
+        sgpu = cfg.server_num_gpus if use_gpu else 0.0
+        if not use_gpu and (cfg.worker_num_gpus or cfg.server_num_gpus):
+            why = "runtime.device is cpu" if has_gpu else "no GPU in the Ray cluster"
+            log.warning("%s: workers and server run on the CPU", why)
         self.worker_opts = dict(num_cpus=cfg.worker_num_cpus, num_gpus=wgpu, max_restarts=0)
         self.workers = [self._new_worker() for _ in range(cfg.num_workers)]
         # Any: Ray types an actor's methods as the plain functions, without .remote and .options
@@ -124,13 +127,15 @@ class RayBackend(Backend):
     def _new_worker(self) -> Any:
         return ClientWorker.options(**self.worker_opts).remote(self.torch_threads)
 
-    def setup(self, algorithm: type[Algorithm], spec: TaskSpec) -> None:
+    def setup(self, algorithm: type[Algorithm], spec: TaskSpec) -> dict[str, str]:
         ref = ray.put(spec)  # one copy in the object store; numpy arrays are read zero-copy
         self._setup = (algorithm, ref)
-        self.get(
-            [w.setup.remote(algorithm.client_role, ref) for w in self.workers]
-            + [self.server_actor.setup.remote(algorithm.server_role, ref)]
+        *workers, server = self.get(
+            [w.setup.remote(algorithm.client_role, ref, self.device) for w in self.workers]
+            + [self.server_actor.setup.remote(algorithm.server_role, ref, self.device)]
         )
+        require(self.device, [server, *workers])
+        return describe(server, workers)
 
     def reset_workers(self, dead: list[int]) -> None:
         """New actors in place of the `dead` ones, then every worker's role rebuilt fresh."""
@@ -139,7 +144,7 @@ class RayBackend(Backend):
         for w in dead:
             ray.kill(self.workers[w], no_restart=True)
             self.workers[w] = self._new_worker()
-        self.get([w.setup.remote(algorithm.client_role, ref) for w in self.workers])
+        self.get([w.setup.remote(algorithm.client_role, ref, self.device) for w in self.workers])
 
     def client(self, worker: int, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return self.workers[worker].call.options(num_returns=num_returns).remote(method, *args)

@@ -8,8 +8,9 @@ turns (the driver waits on the server, then on the clients), so on the in-proces
 keeps about `torch_threads` cores busy. A task that reserves that many CPUs lets Ray pack as many
 runs as the cluster has cores and start the next one as soon as one ends; a run of actors would
 pay ~1 s and ~170 MB per actor and spread one run's sequential work over several reserved slots.
-Both backends give the same numbers, so the choice changes throughput, not results. The price: a
-run uses no GPU (the in-process backend runs on the CPU).
+Both backends give the same numbers, so the choice changes throughput, not results. A run that
+reserves GPUs (`gpus_per_run`, fractional: Ray packs several runs on one GPU) runs on the one Ray gave
+it; a run that reserves none stays on the CPU (runtime/device.py).
 
 A run writes straight into the sweep directory when its node sees that directory (this machine,
 or a shared filesystem); otherwise it writes to a scratch directory and its files come back to
@@ -64,6 +65,7 @@ def _run_task(
     own failure: the error is part of the result, so the sweep carries on. The scenario travels as
     a plain mapping and is checked again here, where the node's own copy of the package runs it."""
     yield "started", socket.gethostname()  # the node it runs on, for the index
+    from hosfl_sim.runtime.backends import make_backend
     from hosfl_sim.runtime.engine import Engine
 
     try:
@@ -73,7 +75,11 @@ def _run_task(
     target = Path(run_dir) if shared else Path(tempfile.mkdtemp(prefix="hosfl-run-"))
     status, error = "failed", None
     try:
-        engine = Engine(load_scenario(scenario))  # no terminal in a task: a progress line every 30 s
+        sc = load_scenario(scenario)
+        import ray
+
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else None  # the GPUs Ray gave this task: none, some
+        engine = Engine(sc, make_backend(sc, gpu_ids))  # no terminal in a task: a progress line every 30 s
         status = engine.run_one(index, seed, target, overrides).status
     except Exception:
         error = traceback.format_exc()
@@ -147,6 +153,12 @@ def _connect(address: str | None, todo: list[PlannedRun]) -> bool:
         if started:
             ray.shutdown()
         raise ConfigError("sweep.cpus_per_run", need, f"at most the {cpus:g} CPUs of this Ray instance")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    need = max(r.num_gpus for r in todo)
+    if need > gpus and address is None:
+        if started:
+            ray.shutdown()
+        raise ConfigError("sweep.gpus_per_run", need, f"at most the {gpus:g} GPUs of this Ray instance")
     return started
 
 
@@ -169,7 +181,7 @@ def _submit(todo: list[PlannedRun], out: Path, token: str) -> dict[Any, PlannedR
     pending: dict[Any, PlannedRun] = {}
     for r in todo:
         shutil.rmtree(out / r.path, ignore_errors=True)  # a rerun starts from an empty directory
-        gen = task.options(num_cpus=r.num_cpus, name=f"sweep:{r.path}", **options).remote(
+        gen = task.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, name=f"sweep:{r.path}", **options).remote(
             to_dict(r.scenario), r.index, r.seed, str(out / r.path), r.overrides, str(out / TOKEN), token
         )
         pending[gen] = r
@@ -253,11 +265,13 @@ def _interrupt(pending: dict[Any, PlannedRun], out: Path, rows: dict) -> None:
 def _schedule(todo: list[PlannedRun], out: Path, rows: dict, log: Callable[[str], None]) -> None:
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 0)
+    have = ray.cluster_resources()
     token = uuid.uuid4().hex
     (out / TOKEN).write_text(token)
     pending = _submit(todo, out, token)
-    log(f"  {len(todo)} tasks on a Ray cluster of {cpus:g} CPUs, {todo[0].num_cpus:g} CPU(s) per run")
+    per_run = f"{todo[0].num_cpus:g} CPU(s)" + (f" and {todo[0].num_gpus:g} GPU(s)" if todo[0].num_gpus else "")
+    cluster = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
+    log(f"  {len(todo)} tasks on a Ray cluster of {cluster}, {per_run} per run")
     tally = _Tally(out, rows, len(todo), log)
     try:
         waiting = list(pending)

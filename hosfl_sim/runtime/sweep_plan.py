@@ -9,11 +9,15 @@ A sweep file (see scenarios/sweeps/):
       task.partition.alpha: [0.1, 1.0]
       algorithms[0].perturbations: [1, 5]
     cpus_per_run: 1                       # Ray CPUs each run reserves (default: runtime.torch_threads)
+    gpus_per_run: 0.25                    # Ray GPUs each run reserves (default 0); fractional: runs share a GPU
 
 `grid` may also be a list of such mappings: the union of their products, so that a key can vary
 for one algorithm only. Under the key `algorithms` each value is one algorithm (or a list of them)
 that replaces the scenario's list. Keys apply shallowest first, so `algorithms[0].mu` edits the
 algorithm the grid point chose. Each (grid point, seed, algorithm) is one run.
+
+A run given a GPU runs on it (runtime.device auto or cuda); a run given none runs on the CPU, even where the node
+has GPUs (they are other runs'). `runtime.device: cuda` needs gpus_per_run > 0.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from hosfl_sim.config.identity import run_hash
 from hosfl_sim.config.load import SCENARIO_DIR, apply_override, load_raw, load_yaml_file, resolve_path
 from hosfl_sim.config.schema import directory_name
 
-_SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "grid", "cpus_per_run")
+_SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "grid", "cpus_per_run", "gpus_per_run")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class SweepSpec:
     seeds: list[int] | None = None
     grid: list[dict[str, list]] = field(default_factory=lambda: [{}])
     cpus_per_run: float | None = None
+    gpus_per_run: float = 0.0
     folder_keys: list[str] | None = None  # the varied keys that name a grid point's folder (None: all of them)
 
 
@@ -61,6 +66,7 @@ class PlannedRun:
     overrides: dict[str, Any]
     config_sha256: str
     num_cpus: float
+    num_gpus: float = 0.0
 
     @property
     def algorithm(self) -> str:
@@ -104,6 +110,9 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     cpus = data.get("cpus_per_run")
     if cpus is not None and (not isinstance(cpus, (int, float)) or cpus <= 0):
         raise ConfigError("sweep.cpus_per_run", cpus, "a number > 0")
+    gpus = data.get("gpus_per_run", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
+        raise ConfigError("sweep.gpus_per_run", gpus, "a number >= 0 (fractional: runs share a GPU)")
     return SweepSpec(
         name=str(data.get("name") or path.stem),
         base=base,
@@ -112,6 +121,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         seeds=seeds,
         grid=grid,
         cpus_per_run=cpus,
+        gpus_per_run=float(gpus),
     )
 
 
@@ -159,6 +169,9 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
             scenario = load_scenario(data)
         except ConfigError as e:
             raise ConfigError(f"sweep point {point}: {e.path}", e.value, e.expected) from None
+        if scenario.runtime.device == "cuda" and not spec.gpus_per_run:
+            expected = "a number > 0 with runtime.device cuda (a run sees a GPU only if it reserves one)"
+            raise ConfigError("sweep.gpus_per_run", spec.gpus_per_run, expected)
         overrides = {k: v for k, v in point.items() if k != "algorithms"}
         named = {k: v for k, v in overrides.items() if spec.folder_keys is None or k in spec.folder_keys}
         folder = "_".join(f"{short[k]}-{_value_text(v)}" for k, v in named.items()) or "default"
@@ -171,7 +184,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 seen.add(sha)
                 path = f"{directory_name(folder)}/{directory_name(algo.display_name)}_seed{seed}"
                 cpus = spec.cpus_per_run or scenario.runtime.torch_threads
-                runs.append(PlannedRun(path, scenario, i, seed, overrides, sha, float(cpus)))
+                runs.append(PlannedRun(path, scenario, i, seed, overrides, sha, float(cpus), spec.gpus_per_run))
     paths = [r.path for r in runs]
     clash = sorted({p for p in paths if paths.count(p) > 1})
     if clash:
