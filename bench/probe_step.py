@@ -40,7 +40,8 @@ def bench_model(name: str, quick: bool) -> list[str]:
     reps = max(3, reps // 5) if quick else reps
     base = vision_spec(model, shape, AlgorithmConfig(perturbations=P, mu=1e-3))
     clients = {
-        k: HOSFLClient(dataclasses.replace(base, algorithm=dataclasses.replace(base.algorithm, probe=k))) for k in KINDS
+        k: HOSFLClient(dataclasses.replace(base, algorithm=base.algorithm.model_copy(update={"probe": k})))
+        for k in KINDS
     }
     seeds = derive_seeds(0, 1, 0, P)
     first = next(iter(clients.values()))

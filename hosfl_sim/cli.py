@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hosfl_sim import __version__
-from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario
+from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario, schema_parser
 from hosfl_sim.config.load import SCENARIO_DIR
 
 
@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reproduce_arguments(
         sub.add_parser("reproduce", help="run one of the paper's tables and print it beside the published numbers")
     )
+    schema_parser(sub.add_parser("schema", help="print the JSON Schema of a scenario file (editor completion)"))
     return p
 
 

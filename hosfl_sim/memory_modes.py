@@ -82,10 +82,9 @@ def scenario_spec(scenario: Scenario, seed: int | None = None, device: str = "cp
 
 def _with_algorithm(spec: TaskSpec, name: str, optimizer: Optimizer, probe: Probe | None = None) -> TaskSpec:
     base = spec.algorithm if spec.algorithm.name == "hosfl" else AlgorithmConfig()
-    opt = dataclasses.replace(base.client_optimizer, name=optimizer, momentum=0.0)
-    algo = dataclasses.replace(
-        base, name=name, client_optimizer=opt, server_optimizer=opt, probe=probe or base.probe, local_steps=1
-    )
+    opt = base.client_optimizer.model_copy(update={"name": optimizer, "momentum": 0.0})
+    change = {"name": name, "client_optimizer": opt, "server_optimizer": opt, "probe": probe or base.probe}
+    algo = base.model_copy(update={**change, "local_steps": 1})
     return dataclasses.replace(spec, algorithm=algo)
 
 

@@ -42,7 +42,7 @@ def test_a_run_reads_only_the_fields_its_algorithm_declares(tmp_path, name):
     sc = load_scenario(tiny_scenario(algorithms=algos, federation=fed, task=task))
     (summary,) = Noting(sc, progress=False).run_all(tmp_path)
     assert summary.status == "completed"
-    fields = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    fields = set(AlgorithmConfig.model_fields)
     read = {f for f in seen if f in fields}
     assert read - COMMON_FIELDS, "the run read none of its own fields"
     assert read <= COMMON_FIELDS | ALGORITHMS[name].options, sorted(read - COMMON_FIELDS - ALGORITHMS[name].options)

@@ -3,10 +3,20 @@ it, sweeps skip by it), is what it was before the configs moved to pydantic."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import typing
+from pathlib import Path
 
-from hosfl_sim.config import load_scenario, to_dict
+import jsonschema
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from hosfl_sim.cli import main
+from hosfl_sim.config import ConfigError, Scenario, load_scenario, scenario_schema, to_dict
+from hosfl_sim.config.base import ConfigModel
 from hosfl_sim.config.identity import run_hash
+from hosfl_sim.config.json_schema import SCHEMA_COMMENT, schema_text
 
 # (scenario, overrides) -> run_hash of (algorithm 0, seed 0) and of (the last algorithm, seed 0), as computed by
 # the dataclass configs. Adding a field to the hashed sections (task, algorithms, federation, system) changes them.
@@ -40,6 +50,119 @@ PINNED = [
 def test_run_hashes_of_shipped_scenarios_are_unchanged(name, overrides, first, last):
     sc = load_scenario(name, overrides)
     d = to_dict(sc)
-    assert run_hash(d, 0, sc.seeds[0]) == first
+    why = "a run's identity changed (resume refuses its old runs); a new hashed field does this: re-pin if meant"
+    assert run_hash(d, 0, sc.seeds[0]) == first, why
     if last is not None:
-        assert run_hash(d, len(sc.algorithms) - 1, sc.seeds[0]) == last
+        assert run_hash(d, len(sc.algorithms) - 1, sc.seeds[0]) == last, why
+
+
+# ----------------------------------------------------------------------------- strict types, one-line errors
+
+
+def _error(overrides: list[str]) -> ConfigError:
+    with pytest.raises(ConfigError) as e:
+        load_scenario("quickstart", overrides)
+    assert "\n" not in str(e.value)
+    return e.value
+
+
+def test_numbers_take_integers_and_integers_take_integral_numbers():
+    sc = load_scenario("quickstart", ["algorithms[0].mu=1", "federation.rounds=30.0", "seeds=[1.0, 2]"])
+    assert type(sc.algorithms[0].mu) is float and sc.algorithms[0].mu == 1.0
+    assert type(sc.federation.rounds) is int and sc.federation.rounds == 30
+    assert sc.seeds == [1, 2] and all(type(s) is int for s in sc.seeds)
+    assert sc.task.model.cut == "block1" and load_scenario("quickstart", ["task.model.cut=2"]).task.model.cut == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "expected"),
+    [
+        ("federation.rounds='3'", "federation.rounds", "an integer"),  # a string is never a number
+        ("federation.rounds=true", "federation.rounds", "an integer"),  # nor is true an integer
+        ("algorithms[0].mu=true", "algorithms[0].mu", "a number"),
+        ("task.model.freeze_bn_affine=1", "task.model.freeze_bn_affine", "true or false"),  # nor 1 true
+        ("algorithms[0].label=3", "algorithms[0].label", "a string or null"),
+        ("task.dataset.max_train=x", "task.dataset.max_train", "an integer or null"),
+        ("algorithms[0].mu=.nan", "algorithms[0].mu", "a finite number"),
+        ("task.model.cut=2.5", "task.model.cut", "a string or an integer"),
+        ("algorithms[0].distribution=normal", "algorithms[0].distribution", "one of 'gaussian', 'rademacher'"),
+        ("runtime.track=[wandb, tb]", "runtime.track[1]", "one of 'wandb', 'mlflow', 'tensorboard'"),
+        ("runtime.track=wandb", "runtime.track", "a list of values from 'wandb', 'mlflow', 'tensorboard'"),
+        ("algorithms[0].client_optimizer.betas=[0.9, no]", "algorithms[0].client_optimizer.betas[1]", "a number"),
+        ("system.tiers=[{name: a, proportion: x}]", "system.tiers[0].proportion", "a number"),
+        ("system=3", "system", "a mapping"),
+        ("task.model.config_overrides=[1]", "task.model.config_overrides", "a mapping"),
+    ],
+)
+def test_a_wrong_type_names_its_dotted_field_and_what_it_expects(override, path, expected):
+    e = _error([override])
+    assert (e.path, e.expected) == (path, expected)
+
+
+def test_an_unknown_key_is_named_with_the_nearest_known_one():
+    e = _error(["algorithms[1].client_optimizer.momentun=0.9"])
+    assert e.path == "algorithms[1].client_optimizer.momentun" and e.value == 0.9
+    assert e.expected.startswith("a known field (unknown key; did you mean 'momentum'? known: betas, lr, momentum")
+    assert "did you mean" not in _error(["zzz=1"]).expected
+
+
+def test_configs_are_frozen_and_copied_with_updates():
+    sc = load_scenario("quickstart")
+    with pytest.raises(ValidationError):
+        sc.federation.rounds = 3  # type: ignore[misc]
+    fed = sc.federation.model_copy(update={"rounds": 3})
+    assert (fed.rounds, sc.federation.rounds) == (3, 150) and fed.num_clients == sc.federation.num_clients
+
+
+# ----------------------------------------------------------------------------- the JSON Schema
+
+SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+SCHEMA_FILE = Path(__file__).parents[1] / "scenarios" / "scenario.schema.json"
+BAD = Path(__file__).parent / "bad_scenarios"
+
+
+def test_the_shipped_schema_is_what_hosfl_sim_schema_prints(capsys):
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == schema_text(), "regenerate it: hosfl-sim schema > scenarios/scenario.schema.json"
+    assert SCHEMA_FILE.read_text() == printed, "regenerate it: hosfl-sim schema > scenarios/scenario.schema.json"
+
+
+def test_every_field_of_every_model_is_in_the_schema_with_its_comment():
+    schema = scenario_schema()
+    nodes = {"Scenario": schema, **schema["$defs"]}
+
+    def models(cls):
+        yield cls
+        for f in cls.model_fields.values():
+            for tp in (f.annotation, *typing.get_args(f.annotation)):
+                if isinstance(tp, type) and issubclass(tp, ConfigModel):
+                    yield from models(tp)
+
+    seen = {cls.__name__: cls for cls in models(Scenario)}
+    assert set(seen) == set(nodes)
+    for name, cls in seen.items():
+        assert set(nodes[name]["properties"]) == set(cls.model_fields), name
+    props = schema["$defs"]["AlgorithmConfig"]["properties"]
+    assert props["perturbations"]["description"] == "P" and props["perturbations"]["type"] == "integer"
+    assert props["mu"]["type"] == "number" and set(props["distribution"]["enum"]) == {"gaussian", "rademacher"}
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_shipped_scenario_points_at_the_schema_and_validates_against_it(path):
+    assert path.read_text().splitlines()[0] == SCHEMA_COMMENT
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    validator.validate(yaml.safe_load(path.read_text()))
+    load_scenario(str(path))  # and the loader agrees
+
+
+@pytest.mark.parametrize(
+    "name", ["unknown_top_key", "unknown_nested_key", "rounds_not_integer", "rounds_bool", "seeds_not_list",
+             "perturbations_fraction", "top_level_list"],
+)  # fmt: skip
+def test_the_schema_refuses_what_the_loader_refuses_by_type(name):
+    path = BAD / f"{name}.yaml"
+    validator = jsonschema.Draft202012Validator(scenario_schema())
+    assert not validator.is_valid(yaml.safe_load(path.read_text()))
+    with pytest.raises(ConfigError):
+        load_scenario(str(path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,7 +82,7 @@ def test_caps_subsample_deterministically(digits):
     a, b = load_dataset(cfg), load_dataset(cfg)
     assert (len(a.train), len(a.test)) == (100, 30)
     assert_same_split(a, b)
-    c = load_dataset(replace(cfg, max_train=2000))  # a cap above the size changes nothing
+    c = load_dataset(cfg.model_copy(update={"max_train": 2000}))  # a cap above the size changes nothing
     assert len(c.train) == len(digits.train)
 
 
@@ -92,8 +91,10 @@ def test_synthetic_shapes_and_determinism():
     a = load_dataset(cfg)
     assert a.train.features["x"].shape == (300, 1, 8, 8) and len(a.test) == 100 and a.num_classes == 4
     assert_same_split(a, load_dataset(cfg))
-    assert not np.array_equal(load_dataset(replace(cfg, seed=5)).train.features["x"], a.train.features["x"])
-    flat = load_dataset(replace(cfg, synthetic=replace(cfg.synthetic, num_features=10)))
+    assert not np.array_equal(
+        load_dataset(cfg.model_copy(update={"seed": 5})).train.features["x"], a.train.features["x"]
+    )
+    flat = load_dataset(cfg.model_copy(update={"synthetic": cfg.synthetic.model_copy(update={"num_features": 10})}))
     assert flat.train.features["x"].shape == (300, 10)
     # well separated clusters: the nearest class mean (from train) classifies the test split well
     xtr, xte = a.train.features["x"].reshape(300, -1), a.test.features["x"].reshape(100, -1)
@@ -189,7 +190,7 @@ def test_single_csv_is_split_by_test_fraction(tmp_path, hf_cache):
     assert len(s.train) == 28 and s.num_classes == 4
     assert_same_split(s, load_dataset(cfg))
     with pytest.raises(ConfigError, match="task.dataset.test_fraction"):
-        load_dataset(replace(cfg, test_fraction=0.01))  # round(0.1) = 0 rows of every class
+        load_dataset(cfg.model_copy(update={"test_fraction": 0.01}))  # round(0.1) = 0 rows of every class
 
 
 # ----------------------------------------------------------------------------- Hugging Face image tables
@@ -367,12 +368,14 @@ def _mean_label_entropy(p: Partition, labels: np.ndarray, num_classes: int) -> f
 def test_dirichlet_skew_grows_as_alpha_shrinks(digits):
     labels = digits.train.labels
     ent = {
-        a: _mean_label_entropy(partition_dataset(labels, 20, PartitionConfig("dirichlet", alpha=a), 0), labels, 10)
+        a: _mean_label_entropy(
+            partition_dataset(labels, 20, PartitionConfig(scheme="dirichlet", alpha=a), 0), labels, 10
+        )
         for a in (0.1, 1.0, 100.0)
     }
     assert ent[0.1] < ent[1.0] < ent[100.0]
     assert ent[100.0] > 0.9 * np.log(10)  # nearly IID
-    p = partition_dataset(labels, 20, PartitionConfig("dirichlet", alpha=0.1, min_size=10), 0)
+    p = partition_dataset(labels, 20, PartitionConfig(scheme="dirichlet", alpha=0.1, min_size=10), 0)
     assert p.sizes().min() >= 10
 
 
@@ -383,7 +386,7 @@ def test_balanced_dirichlet_gives_equal_sizes_and_keeps_label_skew(digits):
     n = len(labels)
 
     def split(alpha: float) -> Partition:
-        return partition_dataset(labels, 20, PartitionConfig("dirichlet_balanced", alpha=alpha), 3)
+        return partition_dataset(labels, 20, PartitionConfig(scheme="dirichlet_balanced", alpha=alpha), 3)
 
     for alpha in (0.1, 1.0, 100.0):
         sizes = split(alpha).sizes()
@@ -397,7 +400,7 @@ def test_shards_limit_classes_per_client():
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 60))  # 600 rows, 60 per class
     for k in (1, 2, 3):
         # 20 * k shards of 30 / k rows: 60 rows per class is a multiple of the shard size, so none straddles
-        p = partition_dataset(labels, 20, PartitionConfig("shards", classes_per_client=k), seed=1)
+        p = partition_dataset(labels, 20, PartitionConfig(scheme="shards", classes_per_client=k), seed=1)
         _check_cover(p, 600, 20)
         classes_held = (p.label_histogram(labels, 10) > 0).sum(axis=1)
         assert classes_held.max() <= k
@@ -410,10 +413,10 @@ def test_partition_errors_name_the_field():
         partition_dataset(labels, 31, PartitionConfig(), seed=0)
     assert e.value.path == "federation.num_clients" and e.value.value == 31
     with pytest.raises(ConfigError) as e:
-        partition_dataset(labels, 10, PartitionConfig("dirichlet", min_size=4), seed=0)
+        partition_dataset(labels, 10, PartitionConfig(scheme="dirichlet", min_size=4), seed=0)
     assert e.value.path == "task.partition.min_size"
     with pytest.raises(ConfigError) as e:
-        partition_dataset(labels, 10, PartitionConfig("shards", classes_per_client=4), seed=0)
+        partition_dataset(labels, 10, PartitionConfig(scheme="shards", classes_per_client=4), seed=0)
     assert e.value.path == "task.partition.classes_per_client"
 
 

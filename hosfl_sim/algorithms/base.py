@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,10 +32,6 @@ from hosfl_sim.system.clock import RoundClock
 
 # What every algorithm reads of its section (the engine reads these too).
 COMMON_FIELDS = frozenset({"name", "label", "local_steps", "local_epochs"})
-
-
-def _default(f: Field) -> Any:
-    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 @dataclass
@@ -135,7 +131,8 @@ class Algorithm(ABC):
     def unread_fields(cls, cfg: AlgorithmConfig) -> list[str]:
         """The fields of `cfg` set away from their default that this algorithm does not read."""
         read = COMMON_FIELDS | cls.options
-        return [f.name for f in fields(cfg) if f.name not in read and getattr(cfg, f.name) != _default(f)]
+        defaults = {name: f.get_default(call_default_factory=True) for name, f in type(cfg).model_fields.items()}
+        return [name for name, d in defaults.items() if name not in read and getattr(cfg, name) != d]
 
     @classmethod  # noqa: B027  (a no-op: most algorithms run any task)
     def check_task(cls, spec: TaskSpec, split: SplitModel, index: int) -> None:

@@ -3,111 +3,21 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
-import math
 import re
-import types
-import typing
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from hosfl_sim.config.schema import ConfigError, Scenario
+from hosfl_sim.config.validate import validate
 
 # the shipped scenarios: the repository's scenarios/ (hosfl_sim/scenarios links to it; a wheel carries a copy)
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}" if get_args(tp) else "a list"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}.get(
-        tp, str(tp)
-    )
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp`, building nested dataclasses."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise ConfigError(path, value, _type_name(tp))
-    if origin in (Union, types.UnionType):
-        for arg in get_args(tp):
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError:
-                continue
-        raise ConfigError(path, value, _type_name(tp))
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(path, value, "null")
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, "a mapping")
-        return build(tp, value, path)
-    if origin is list or tp is list:
-        if not isinstance(value, list):
-            raise ConfigError(path, value, _type_name(tp))
-        (item_tp,) = get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, "a mapping")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(path, value, "true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(path, value, "an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(path, value, "a finite number")
-            return float(value)
-        raise ConfigError(path, value, "a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(path, value, "a string")
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} at {path}")
-
-
-def build(cls: type, data: dict, path: str = "") -> Any:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, data[key], f"a known field (unknown key; known: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{path}.{key}" if path else key
-        kwargs[key] = _coerce(value, hints[key], where)
-    return cls(**kwargs)
 
 
 def _parse_value(text: str) -> Any:
@@ -251,13 +161,14 @@ def load_scenario(name_or_path: str | dict, overrides: list[str] | None = None) 
             raise ConfigError("override", item, "KEY=VALUE with a dotted KEY")
         key, text = item.split("=", 1)
         apply_override(data, key.strip(), _parse_value(text))
-    scenario = build(Scenario, data)
+    scenario = validate(Scenario, data)
     scenario.check()
     return scenario
 
 
 def to_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
+    """A config as plain dicts and lists (what run hashes and manifests hold); anything else as it is."""
+    return obj.model_dump() if isinstance(obj, BaseModel) else obj
 
 
 def config_hash(obj: Any) -> str:
@@ -277,6 +188,6 @@ def describe(name_or_path: str) -> str:
     if isinstance(data, dict) and data.get("description"):
         return str(data["description"]).strip().splitlines()[0]
     for line in text.splitlines():
-        if line.startswith("#"):
+        if line.startswith("#") and not line.startswith("# yaml-language-server:"):  # that one is for editors
             return line.lstrip("# ").strip()
     return ""

@@ -1,16 +1,19 @@
 # Over 300 lines: the whole scenario tree in one place, so a reader sees every field, its default and its range.
 """The typed scenario tree: every field, its type, its default and its valid range.
 
-Every class here is a frozen dataclass; `config.load` builds them from YAML and checks
-types, so the `check()` methods only add what types cannot say (ranges, combinations).
+Every class here is a frozen pydantic model (`config.base`); `config.load` validates YAML into them (types,
+unknown keys), and the `check()` methods add what types cannot say (ranges, combinations).
 A failure raises `ConfigError` naming the dotted field, the value and what was expected.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Literal
+
+from pydantic import Field
+
+from hosfl_sim.config.base import ConfigModel
 
 
 class ConfigError(ValueError):
@@ -42,8 +45,7 @@ def _require(ok: bool, path: str, value: object, expected: str) -> None:
 # ----------------------------------------------------------------------------- task
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(ConfigModel):
     """Gaussian class clusters; only used when `dataset.name == 'synthetic'`."""
 
     num_samples: int = 2000
@@ -53,8 +55,7 @@ class SyntheticConfig:
     image_side: int = 8  # features are reshaped to (1, side, side) when side**2 == num_features
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(ConfigModel):
     name: str = "digits"  # digits | synthetic | mnist | fashion_mnist | cifar10 | cifar100 | npz | files | glue/...
     path: str | None = None  # local file or directory (npz, parquet, csv, tsv)
     test_fraction: float = 0.25  # only for sources without their own test split
@@ -64,7 +65,7 @@ class DatasetConfig:
     # image inputs: per-channel statistics of the training rows, fixed constants (`cifar`: the paper's code's
     # CIFAR mean/std, `imagenet`: torchvision's), or pixels in [0, 1] as they are
     normalize: Literal["train_stats", "cifar", "imagenet", "none"] = "train_stats"
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     # text tasks (language models)
     text_column: str | None = None
     text_pair_column: str | None = None
@@ -81,8 +82,7 @@ class DatasetConfig:
         _require(self.max_length > 0, f"{path}.max_length", self.max_length, "a positive integer")
 
 
-@dataclass(frozen=True)
-class PartitionConfig:
+class PartitionConfig(ConfigModel):
     # dirichlet_balanced: DeComFL's split (Dirichlet label skew, then rebalanced to equal sizes)
     scheme: Literal["iid", "dirichlet", "dirichlet_balanced", "shards"] = "iid"
     alpha: float = 0.5  # Dirichlet concentration (dirichlet, dirichlet_balanced)
@@ -95,8 +95,7 @@ class PartitionConfig:
         _require(self.classes_per_client >= 1, f"{path}.classes_per_client", self.classes_per_client, "an integer >= 1")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigModel):
     name: str = "cnn"  # cnn | resnet18 | a Hugging Face model id or local path (language)
     cut: str | int = "block1"  # a named cut point (vision) or a layer index (language)
     width: int = 16  # base channel count of the vision models
@@ -106,24 +105,23 @@ class ModelConfig:
     freeze_bn_affine: bool = False
     # language models
     head: Literal["classifier", "verbalizer"] = "classifier"
-    verbalizer: list[str] = field(default_factory=list)
+    verbalizer: list[str] = Field(default_factory=list)
     lora_r: int = 8
     lora_alpha: int = 16
-    lora_targets: list[str] = field(default_factory=list)  # empty: the architecture's q/v projections
+    lora_targets: list[str] = Field(default_factory=list)  # empty: the architecture's q/v projections
     finetune: Literal["lora", "full"] = "lora"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    config_overrides: dict = field(default_factory=dict)  # e.g. a tiny random config for tests
+    config_overrides: dict = Field(default_factory=dict)  # e.g. a tiny random config for tests
 
     def check(self, path: str) -> None:
         _require(self.width >= 1, f"{path}.width", self.width, "an integer >= 1")
         _require(self.lora_r >= 1, f"{path}.lora_r", self.lora_r, "an integer >= 1")
 
 
-@dataclass(frozen=True)
-class TaskConfig:
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+class TaskConfig(ConfigModel):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
 
     def check(self, path: str) -> None:
         self.dataset.check(f"{path}.dataset")
@@ -134,11 +132,10 @@ class TaskConfig:
 # ----------------------------------------------------------------------------- algorithms
 
 
-@dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(ConfigModel):
     name: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
     momentum: float = 0.0  # sgd only
 
@@ -154,8 +151,7 @@ class OptimizerConfig:
         _require(0 <= self.momentum < 1, f"{path}.momentum", self.momentum, "a number in [0, 1)")
 
 
-@dataclass(frozen=True)
-class AlgorithmConfig:
+class AlgorithmConfig(ConfigModel):
     """One algorithm to run. Besides name, label, local_steps and local_epochs, each algorithm reads only some of
     these fields (`hosfl-sim list --algorithms` names them); setting one it does not read is refused."""
 
@@ -169,8 +165,8 @@ class AlgorithmConfig:
     mu: float = 1e-3  # perturbation scale
     distribution: Literal["gaussian", "rademacher"] = "gaussian"
     probe: Literal["functional", "inplace", "batched"] = "functional"  # how ZO probes perturb the client (zo_client.py)
-    client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    client_optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    server_optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     # HO-SFL: how the server scales gradients over the K clients of a step. Ours: each client's loss with
     # weight 1 (g = dl_k/da), the server's gradient averaged (1/K). The paper's code back-propagates each
     # loss with weight 1/K (cut_grad_scale "1/K", both runners) and its vision runner then divides the
@@ -219,8 +215,7 @@ class AlgorithmConfig:
 # ----------------------------------------------------------------------------- system (devices, links, policies)
 
 
-@dataclass(frozen=True)
-class DistributionConfig:
+class DistributionConfig(ConfigModel):
     """A per-client quantity: `constant` (value), `uniform` (low, high) or `lognormal` (median, sigma)."""
 
     kind: Literal["constant", "uniform", "lognormal"] = "constant"
@@ -244,8 +239,7 @@ def _const(value: float) -> DistributionConfig:
     return DistributionConfig(kind="constant", value=value, low=value, high=value, median=value)
 
 
-@dataclass(frozen=True)
-class TierConfig:
+class TierConfig(ConfigModel):
     """A device class drawn with probability `proportion`; its non-null fields replace the distributions."""
 
     name: str = "tier"
@@ -263,8 +257,7 @@ class TierConfig:
         _require(self.latency_s is None or self.latency_s >= 0, f"{path}.latency_s", self.latency_s, "a number >= 0")
 
 
-@dataclass(frozen=True)
-class AvailabilityConfig:
+class AvailabilityConfig(ConfigModel):
     """Which clients can be sampled in a round: per-round dropout, on/off windows, or a trace."""
 
     dropout: float = 0.0  # probability that a client is unavailable in a given round
@@ -291,22 +284,21 @@ class AvailabilityConfig:
             )
 
 
-@dataclass(frozen=True)
-class SystemConfig:
+class SystemConfig(ConfigModel):
     """Simulated devices, links and round policy. The defaults model a uniform federation of
     phone-class clients on a good link, and the synchronous policy: older scenarios keep working."""
 
-    compute_flops: DistributionConfig = field(default_factory=lambda: _const(1e10))  # FLOP/s
-    uplink_bps: DistributionConfig = field(default_factory=lambda: _const(20e6))
-    downlink_bps: DistributionConfig = field(default_factory=lambda: _const(50e6))
-    latency_s: DistributionConfig = field(default_factory=lambda: _const(0.02))
-    tiers: list[TierConfig] = field(default_factory=list)
+    compute_flops: DistributionConfig = Field(default_factory=lambda: _const(1e10))  # FLOP/s
+    uplink_bps: DistributionConfig = Field(default_factory=lambda: _const(20e6))
+    downlink_bps: DistributionConfig = Field(default_factory=lambda: _const(50e6))
+    latency_s: DistributionConfig = Field(default_factory=lambda: _const(0.02))
+    tiers: list[TierConfig] = Field(default_factory=list)
     trace: str | None = None  # CSV/Parquet keyed by client_id: compute_flops, uplink_bps, downlink_bps, latency_s, tier
     server_flops: float = 1e12
     server_link_bps: float | None = None  # a per-connection cap at the server (null: not a bottleneck)
     straggler_fraction: float = 0.0
     straggler_slowdown: float = 1.0  # stragglers compute this many times slower
-    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
+    availability: AvailabilityConfig = Field(default_factory=AvailabilityConfig)
     policy: Literal["sync", "deadline", "overcommit"] = "sync"
     deadline_s: float | None = None  # deadline policy: round cutoff in simulated seconds
     overcommit: float = 1.3  # overcommit policy: sample ceil(overcommit * K), keep the first K to arrive
@@ -345,8 +337,7 @@ class SystemConfig:
 # ----------------------------------------------------------------------------- federation, runtime
 
 
-@dataclass(frozen=True)
-class FederationConfig:
+class FederationConfig(ConfigModel):
     num_clients: int = 20  # N
     clients_per_round: int = 5  # K
     rounds: int = 50  # upper bound on rounds; budget_samples may stop earlier
@@ -369,8 +360,7 @@ class FederationConfig:
         _require(b is None or b > 0, f"{path}.budget_samples", b, "a positive integer or null")
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(ConfigModel):
     backend: Literal["ray", "local"] = "ray"  # local: everything in this process (debugging, tests)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when visible; cuda without CUDA is refused
     fuse_clients: bool | Literal["auto"] = "auto"  # a worker's clients as one batched forward; auto: on CUDA only
@@ -383,7 +373,7 @@ class RuntimeConfig:
     memory_every: int = 0  # measure client and server memory every this many rounds (0: never)
     address: str | None = None  # Ray cluster address; null starts a local instance
     checkpoint_every: int = 0  # write a resumable checkpoint every this many rounds (0: only when stopped)
-    track: list[Literal["wandb", "mlflow", "tensorboard"]] = field(default_factory=list)  # experiment trackers
+    track: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)  # experiment trackers
 
     def check(self, path: str) -> None:
         _require(self.num_workers >= 1, f"{path}.num_workers", self.num_workers, "an integer >= 1")
@@ -396,18 +386,17 @@ class RuntimeConfig:
         _require(v >= 0, f"{path}.checkpoint_every", v, "an integer >= 0 (0: only when a run is stopped)")
 
 
-@dataclass(frozen=True)
-class Scenario:
+class Scenario(ConfigModel):
     """A whole experiment: one task, several algorithms, several seeds."""
 
     name: str = "unnamed"
     description: str = ""
-    task: TaskConfig = field(default_factory=TaskConfig)
-    algorithms: list[AlgorithmConfig] = field(default_factory=lambda: [AlgorithmConfig()])
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    system: SystemConfig = field(default_factory=SystemConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    algorithms: list[AlgorithmConfig] = Field(default_factory=lambda: [AlgorithmConfig()])
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    system: SystemConfig = Field(default_factory=SystemConfig)
     output_dir: str = "runs"
 
     def check(self) -> None:
