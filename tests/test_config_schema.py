@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from hosfl_sim.cli import main
-from hosfl_sim.config import ConfigError, Scenario, load_scenario, scenario_schema, to_dict
+from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario, scenario_schema, to_dict
 from hosfl_sim.config.base import ConfigModel
 from hosfl_sim.config.identity import run_hash
 from hosfl_sim.config.json_schema import SCHEMA_COMMENT, schema_text
@@ -166,3 +166,10 @@ def test_the_schema_refuses_what_the_loader_refuses_by_type(name):
     assert not validator.is_valid(yaml.safe_load(path.read_text()))
     with pytest.raises(ConfigError):
         load_scenario(str(path))
+
+
+def test_a_scenario_described_by_its_first_comment_skips_the_schema_line(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"{SCHEMA_COMMENT}\n# Two rounds of the defaults.\nfederation: {{rounds: 2}}\n")
+    assert describe(str(path)) == "Two rounds of the defaults."
+    assert load_scenario(str(path)).federation.rounds == 2
