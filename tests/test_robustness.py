@@ -148,6 +148,8 @@ ALL_ALGORITHMS = [
     {"name": "splitfed_v1"},
     {"name": "mu_splitfed"},
     {"name": "fsl_sage", "local_steps": 2, "align_every": 3},
+    {"name": "heron_sfl", "perturbations": 2, "local_steps": 2, "upload_every": 2},
+    {"name": "hosl", "perturbations": 2},
 ]
 
 
