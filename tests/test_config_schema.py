@@ -151,8 +151,10 @@ def test_every_field_of_every_model_is_in_the_schema_with_its_comment():
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_every_shipped_scenario_points_at_the_schema_and_validates_against_it(path):
     assert path.read_text().splitlines()[0] == SCHEMA_COMMENT
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
-    validator.validate(yaml.safe_load(path.read_text()))
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    for validator in (jsonschema.Draft7Validator(schema), jsonschema.Draft202012Validator(schema)):
+        validator.validate(yaml.safe_load(path.read_text()))
     load_scenario(str(path))  # and the loader agrees
 
 
@@ -162,7 +164,7 @@ def test_every_shipped_scenario_points_at_the_schema_and_validates_against_it(pa
 )  # fmt: skip
 def test_the_schema_refuses_what_the_loader_refuses_by_type(name):
     path = BAD / f"{name}.yaml"
-    validator = jsonschema.Draft202012Validator(scenario_schema())
+    validator = jsonschema.Draft7Validator(scenario_schema())
     assert not validator.is_valid(yaml.safe_load(path.read_text()))
     with pytest.raises(ConfigError):
         load_scenario(str(path))

@@ -20,7 +20,9 @@ from typing import Any
 import hosfl_sim.config.schema as schema_module
 from hosfl_sim.config.schema import Scenario
 
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# draft-07: what editors' YAML language servers support (they warn on 2020-12); pydantic's output uses only
+# keywords draft-07 has, with `$defs` reached by JSON pointer
+DIALECT = "http://json-schema.org/draft-07/schema#"
 SCHEMA_COMMENT = "# yaml-language-server: $schema=./scenario.schema.json"
 
 
@@ -56,7 +58,7 @@ def field_comments() -> dict[str, dict[str, str]]:
 
 
 def scenario_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a scenario file, with the fields' comments as descriptions."""
+    """The JSON Schema (draft-07) of a scenario file, with the fields' comments as descriptions."""
     schema = Scenario.model_json_schema()
     comments = field_comments()
     nodes = {Scenario.__name__: schema, **schema.get("$defs", {})}
