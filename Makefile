@@ -48,6 +48,7 @@ bench: $(STAMP)  ## the performance targets as printed ratios (README, Performan
 	$(PY) -m bench.scale_clients
 	$(PY) -m bench.worker_scaling
 	$(PY) -m bench.recorder
+	bash bench/gpu_check.sh  # the GPU part: says it was skipped where there is no CUDA
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hosfl_sim tests bench examples
