@@ -187,6 +187,12 @@ class AlgorithmConfig(ConfigModel):
     aux_batch: int = 100
     # CSE-FSL: a client uploads its activations and labels at the local steps t % upload_every == 0 of a round
     upload_every: int = 5
+    # LocFedMix-SL
+    mi_weight: float = 0.5  # weight of the client's input-reconstruction (mutual-information) term in its local loss
+    smashmix: int = 1  # mixed-up batches the server adds per local step (SmashMix; 0: none)
+    mix_alpha: float = 2.0  # SmashMix draws its mixing weights lambda ~ Beta(mix_alpha, mix_alpha)
+    # FedSplitX: the cut points clients are spread over (client c cuts at cuts[c % len(cuts)]); empty: the model's
+    cuts: list[str] = Field(default_factory=list)
 
     def check(self, path: str) -> None:
         _require(self.local_steps >= 1, f"{path}.local_steps", self.local_steps, "an integer >= 1")
@@ -201,6 +207,10 @@ class AlgorithmConfig(ConfigModel):
             v = getattr(self, name)
             _require(v >= 1, f"{path}.{name}", v, "an integer >= 1")
         _require(self.upload_every >= 1, f"{path}.upload_every", self.upload_every, "an integer >= 1")
+        _require(self.mi_weight >= 0, f"{path}.mi_weight", self.mi_weight, "a number >= 0")
+        _require(self.smashmix >= 0, f"{path}.smashmix", self.smashmix, "an integer >= 0")
+        _require(self.mix_alpha > 0, f"{path}.mix_alpha", self.mix_alpha, "a number > 0")
+        _require(len(set(self.cuts)) == len(self.cuts), f"{path}.cuts", self.cuts, "distinct cut points")
         for name in ("global_lr", "aux_lr"):
             v = getattr(self, name)
             _require(v > 0, f"{path}.{name}", v, "a number > 0")

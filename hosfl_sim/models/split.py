@@ -73,6 +73,23 @@ def split_layers(layers: OrderedDict[str, nn.Module], cut: str) -> SplitModel:
     return SplitModel(client=client, server=server)
 
 
+def recut(split: SplitModel, cut: str) -> SplitModel:
+    """The same layers cut at another named layer (multi-cut methods): both parts share `split`'s modules.
+    Only models made of two Stages (`split_layers`) can be recut; a part in another dtype keeps casting its
+    float inputs to it."""
+    if not (isinstance(split.client, Stage) and isinstance(split.server, Stage)):
+        raise ValueError(f"only a model cut by split_layers can be recut, not {type(split.client).__name__}")
+    layers = OrderedDict([*split.client.named_children(), *split.server.named_children()])
+    if cut not in layers:
+        raise ValueError(f"no layer {cut!r} to cut at; the layers are {', '.join(layers)}")
+    out = split_layers(layers, cut)
+    dtype = next(split.client.parameters()).dtype
+    if dtype != torch.float32:
+        for part in (out.client, out.server):
+            part.register_forward_pre_hook(functools.partial(_float_inputs_to, dtype), with_kwargs=True)
+    return SplitModel(out.client, out.server, split.input_keys, split.side_keys)
+
+
 # ----------------------------------------------------------------------------- registry
 
 Builder = Callable[[ModelConfig, dict[str, np.ndarray], int, int], SplitModel]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +84,7 @@ def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -
     specs = specs_of_seeds()
     split = specs[0].build_model()  # names, cut, weights, heads
     for i, algo in enumerate(sc.algorithms):
-        get_algorithm(algo.name).check_task(specs[0], split, i)
+        get_algorithm(algo.name).check_task(dataclasses.replace(specs[0], algorithm=algo), split, i)
     for spec in specs:
         profiles = build_profiles(sc.system, sc.federation.num_clients, spec.seed)  # trace files
         Availability(sc.system.availability, sc.federation.num_clients, spec.seed)
