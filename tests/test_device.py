@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -194,8 +195,9 @@ def test_a_run_on_cuda_trains_and_records_the_gpu(tmp_path, name, dtype):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["device"] == f"cuda:0 ({torch.cuda.get_device_name(0)})"
     rounds = pd.read_parquet(tmp_path / "run" / "rounds.parquet")
-    assert rounds["train_loss"].notna().all() and bool((rounds["train_loss"].abs() < 1e3).all())
-    assert rounds["test_acc"].dropna().iloc[-1] > 0.1  # ten classes: above chance after four rounds
+    loss = rounds["train_loss"].to_numpy()
+    assert np.isfinite(loss).all() and rounds["test_acc"].notna().sum() == 2
+    assert loss[-1] < loss[0]  # it learns (on the CPU every case drops by 0.02 to 0.04 in these four rounds)
 
 
 @pytest.mark.gpu
@@ -214,3 +216,32 @@ def test_first_order_on_cuda_follows_the_cpu_closely(tmp_path):
         frames[device] = pd.read_parquet(tmp_path / device / "rounds.parquet")
     cpu, cuda = frames["cpu"]["train_loss"].to_numpy(), frames["cuda"]["train_loss"].to_numpy()
     assert abs(cuda - cpu).max() < 0.05 * abs(cpu).max()
+
+
+@pytest.mark.parametrize("name", ["sfl", "hosfl"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_bfloat16_transformer_trains_on_cuda(tmp_path, name):
+    """The language models' mixed precision on CUDA: parameters and activations in bfloat16 (task.model.dtype)."""
+    from hosfl_sim.config import to_dict
+    from tests.test_language import tiny_cfg
+    from tests.test_language_runs import _keyword_task
+
+    data, tokenizer, vocab = _keyword_task(tmp_path)
+    model = to_dict(
+        tiny_cfg("opt", vocab, dtype="bfloat16", overrides={"tokenizer": tokenizer, "padding_side": "left"})
+    )
+    sc = {
+        "task": {
+            "dataset": {"name": "files", "path": data, "text_column": "sentence", "max_length": 12},
+            "model": model,
+        },
+        "algorithms": [{"name": name, **({"perturbations": 2} if name == "hosfl" else {})}],
+        "federation": {"num_clients": 6, "clients_per_round": 3, "rounds": 3, "batch_size": 16, "eval_every": 1},
+        "runtime": {"backend": "local", "num_workers": 1, "device": "cuda"},
+    }
+    (summary,) = Engine(load_scenario(sc), progress=False).run_all(tmp_path / "out")
+    assert summary.status == "completed"
+    assert json.loads((summary.run_dir / "manifest.json").read_text())["device"].startswith("cuda:")
+    rounds = pd.read_parquet(summary.run_dir / "rounds.parquet")
+    assert rounds["train_loss"].notna().all() and rounds["test_loss"].notna().all()
