@@ -8,7 +8,11 @@ Modes (one row each; the work of `steps` consecutive steps is measured in ONE bl
 - first-order SFL client: `SFLClient.forward` (graph kept) then `SFLClient.backward` of a cut
   gradient and an optimizer step;
 - centralized: `CentralizedServer.train_round`, the joined model's forward, backward and step;
-- inference: a forward of the client part in eval mode under no_grad.
+- inference: a forward of the client part in eval mode under no_grad;
+beside them, the clients of other methods that differ from these: the local-loss client (first-order
+on an aux head's loss), the HERON-SFL client (`HERONClient.step`: client part and aux head trained
+forward-only, P probes of both) and the HOSL client (`HOSLClient.probe`: a record applied, then a
+and P perturbed activations kept for the upload), with in-place probes.
 The real role classes run, so what is measured is what the simulator does.
 
 Accounting. Each block starts with the model built and the optimizer constructed but not stepped
@@ -40,7 +44,9 @@ import torch.nn.functional as F
 
 from hosfl_sim.algorithms.centralized import CentralizedServer
 from hosfl_sim.algorithms.cse_fsl import CSEFSLClient
+from hosfl_sim.algorithms.heron_sfl import HERONClient
 from hosfl_sim.algorithms.hosfl import HOSFLClient
+from hosfl_sim.algorithms.hosl import HOSLClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors, to_wire
 from hosfl_sim.config import AlgorithmConfig, Scenario
@@ -164,6 +170,35 @@ def local_loss_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
     return Mode("local-loss client (+ aux head)", optimizer, "-", step, static)
 
 
+def heron_mode(spec: TaskSpec, optimizer: Optimizer, probe: Probe) -> Mode:
+    """The HERON-SFL client: client part and aux head trained forward-only on the local loss (P probes of both)."""
+    spec = _with_algorithm(spec, "heron_sfl", optimizer, probe)
+    role, cid = HERONClient(spec), _client_id(spec)
+    role.begin(cid, to_numpy(shared_state(role.base)), to_numpy(shared_state(role.aux_base)))
+    joint, updater, _ = role.zo[cid]
+
+    def step(i: int) -> None:
+        role.step(cid, ROUND, i, send=True)
+
+    return Mode(
+        "HERON-SFL client (ZO, + aux head)", optimizer, probe, step, lambda: static_bytes(joint, updater.optimizer)
+    )
+
+
+def hosl_mode(spec: TaskSpec, optimizer: Optimizer, probe: Probe) -> Mode:
+    """The HOSL client: the previous step's (seeds, scalars) record applied, then a and the P perturbed activations."""
+    spec = _with_algorithm(spec, "hosl", optimizer, probe)
+    role, cid, P = HOSLClient(spec), _client_id(spec), spec.algorithm.perturbations
+    last = {"record": (derive_seeds(spec.seed, 0, 0, P), np.zeros(P, np.float32))}
+
+    def step(i: int) -> None:
+        seeds = derive_seeds(spec.seed, ROUND, i, P)
+        role.probe([last["record"]], cid, ROUND, i, seeds)
+        last["record"] = (seeds, np.full(P, 1e-3, np.float32))  # the server's differences: values do not matter
+
+    return Mode("HOSL client (ZO)", optimizer, probe, step, lambda: static_bytes(role.model, role.updater.optimizer))
+
+
 def centralized_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
     spec = _with_algorithm(spec, "centralized", optimizer)
     role, batch = CentralizedServer(spec), spec.federation.batch_size
@@ -196,6 +231,7 @@ def build_modes(spec: TaskSpec, optimizers: tuple[Optimizer, ...] = ("adamw", "s
     modes = [hosfl_mode(spec, o, p, g) for o in optimizers for p in probes]
     modes += [first_order_mode(spec, o, g) for o in optimizers]
     modes += [local_loss_mode(spec, o) for o in optimizers]
+    modes += [heron_mode(spec, o, "inplace") for o in optimizers] + [hosl_mode(spec, o, "inplace") for o in optimizers]
     modes += [centralized_mode(spec, "adamw"), inference_mode(spec)]
     return modes
 

@@ -286,3 +286,30 @@ def test_the_local_loss_client_holds_its_aux_head_besides_the_client_part():
     # AdamW: two moments per value and a float32 step count per tensor (the head's weight and bias)
     assert local["optimizer_state"] - first["optimizer_state"] == 2 * head_params + 2 * F32
     assert local["working"] > 0 and local["measured_peak"] >= local["grads"] + local["optimizer_state"]
+
+
+def test_the_heron_and_hosl_clients_hold_no_gradient_and_little_above_inference():
+    """HERON-SFL: the local-loss client's part and aux head with the same optimizer state (exact), but no gradients,
+    and forward-only: above inference it holds a (kept for the upload) and the head's logits, under 2 a. HOSL: no aux
+    head, no gradient; above inference it holds the P perturbed activations it uploads with a: at most (P + 1) a."""
+    from hosfl_sim.memory_modes import heron_mode, hosl_mode, local_loss_mode
+
+    spec = digits_spec("block1", 32)
+    warm_up(spec)
+    a = cut_gradient(spec, int(np.argmax(spec.partition.sizes()))).nbytes  # the smashed data's bytes (float32)
+    meter = MemoryMeter("cpu")
+    heron, local, hosl, inference = (
+        measure_mode(m, meter)
+        for m in (
+            heron_mode(spec, "adamw", "inplace"),
+            local_loss_mode(spec, "adamw"),
+            hosl_mode(spec, "sgd", "inplace"),
+            inference_mode(spec),
+        )
+    )
+    assert heron["grads"] == hosl["grads"] == 0 and heron["retained"] == heron["optimizer_state"]
+    assert (heron["params"], heron["optimizer_state"]) == (local["params"], local["optimizer_state"])
+    assert inference["working"] <= heron["working"] <= inference["working"] + 2 * a < local["working"]
+    P = spec.algorithm.perturbations
+    assert hosl["optimizer_state"] == 0 and hosl["params"] == inference["params"]
+    assert inference["working"] <= hosl["working"] <= inference["working"] + (P + 1) * a

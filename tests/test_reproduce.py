@@ -188,8 +188,8 @@ def test_reproduce_memory_and_communication_on_the_papers_models(tmp_path, monke
     mem = pd.read_csv(tmp_path / "mem" / "memory.csv")
     assert list(dict.fromkeys(mem["model"])) == ["resnet18", "minilm"]
     for _, rows in mem.groupby("model"):
-        modes = set(rows["mode"])  # the paper's four and the local-loss client
-        assert len(modes) == 5 and (rows["total"] > 0).all()
+        modes = set(rows["mode"])  # the paper's four, the local-loss, HERON-SFL and HOSL clients
+        assert len(modes) == 7 and (rows["total"] > 0).all()
     assert "resnet18, cut layer2, batch 32, cpu" in capsys.readouterr().out
     assert (tmp_path / "mem" / "resnet18" / "memory_modes.png").stat().st_size > 0
 
