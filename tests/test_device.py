@@ -188,7 +188,7 @@ def test_a_run_on_cuda_trains_and_records_the_gpu(tmp_path, name, dtype):
         task={"dataset": {"name": "digits"}, "model": {"name": "cnn", "cut": "block1", "width": 8, "dtype": dtype}},
         algorithms=[{"name": name}],
         federation={"num_clients": 6, "clients_per_round": 3, "rounds": 4, "batch_size": 16, "eval_every": 2},
-        runtime={"backend": "local", "num_workers": 2, "device": "cuda"},
+        runtime={"backend": "local", "num_workers": 2, "device": "cuda", "memory_every": 2},  # the CUDA meter too
     )
     engine = Engine(load_scenario(sc), progress=False)
     assert engine.run_one(0, 0, tmp_path / "run").status == "completed"
@@ -197,6 +197,8 @@ def test_a_run_on_cuda_trains_and_records_the_gpu(tmp_path, name, dtype):
     rounds = pd.read_parquet(tmp_path / "run" / "rounds.parquet")
     loss = rounds["train_loss"].to_numpy()
     assert np.isfinite(loss).all() and rounds["test_acc"].notna().sum() == 2
+    measured = rounds.loc[rounds["round"] % 2 == 0, "server_peak_mem_bytes"]
+    assert (measured > 0).all() and rounds.loc[rounds["round"] % 2 == 1, "server_peak_mem_bytes"].isna().all()
     assert loss[-1] < loss[0]  # it learns (on the CPU every case drops by 0.02 to 0.04 in these four rounds)
 
 
