@@ -51,6 +51,8 @@ ALGORITHMS = [
     {"name": "mezo", "perturbations": 2},
     {"name": "sfl_zo_v1", "perturbations": 2, "local_epochs": 1},
     {"name": "fsl_sage_persistent", "local_epochs": 1, "align_every": 2, "aux_buffer_samples": 64, "aux_batch": 32},
+    {"name": "heron_sfl", "perturbations": 2, "local_steps": 3, "upload_every": 2},
+    {"name": "hosl", "perturbations": 2, "local_steps": 2},
 ]
 
 
