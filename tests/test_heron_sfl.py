@@ -159,10 +159,13 @@ def test_a_deadline_keeps_the_fast_clients_and_failed_ones_send_nothing_up(tmp_p
     assert (failed["compute_s"] == 0).all() and (failed["samples"] == 0).all()
 
 
-def test_overcommit_keeps_k(tmp_path):
+def test_overcommit_keeps_k_and_nobody_in_time_trains_nothing(tmp_path):
     system = {"compute_flops": {"kind": "lognormal", "median": 1e8, "sigma": 1.0}, "policy": "overcommit"}
     rounds, _ = run(tmp_path, {}, system, num_clients=12, clients_per_round=4)
     assert (rounds["num_sampled"] == math.ceil(1.3 * 4)).all() and (rounds["num_completed"] == 4).all()
+    rounds, clients = run(tmp_path, {}, {"policy": "deadline", "deadline_s": 1e-6})  # nobody in time
+    assert (rounds["num_completed"] == 0).all() and (rounds["samples_seen"] == 0).all()
+    assert rounds["train_loss"].isna().all() and (clients["status"] == "straggler_dropped").all()
 
 
 def test_the_clients_get_no_feedback_from_the_server(tmp_path):

@@ -154,6 +154,9 @@ def test_policies_deadline_failures_and_overcommit(tmp_path):
     system = {"compute_flops": {"kind": "lognormal", "median": 1e8, "sigma": 1.0}, "policy": "overcommit"}
     rounds, _ = run(tmp_path, {}, system, num_clients=12, clients_per_round=4)
     assert (rounds["num_sampled"] == 6).all() and (rounds["num_completed"] == 4).all()  # ceil(1.3 x 4) sampled
+    rounds, clients = run(tmp_path, {}, {"policy": "deadline", "deadline_s": 1e-6})  # nobody in time
+    assert (rounds["num_completed"] == 0).all() and (rounds["samples_seen"] == 0).all()
+    assert rounds["train_loss"].isna().all() and (clients["status"] == "straggler_dropped").all()
 
 
 def _tables(run_dir) -> list[pd.DataFrame]:
