@@ -36,7 +36,10 @@ def _run(tmp_path: Path, device: str, name: str = "run", **runtime) -> tuple[pd.
     )
     engine = Engine(load_scenario(sc), progress=False)
     run_dir = tmp_path / name
-    assert engine.run_one(0, 0, run_dir).status == "completed"
+    try:
+        assert engine.run_one(0, 0, run_dir).status == "completed"
+    finally:
+        engine.close()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     frames = [drop_volatile(pd.read_parquet(run_dir / f"{kind}.parquet")) for kind in ("rounds", "clients")]
     return frames[0], frames[1], manifest
@@ -112,6 +115,20 @@ def test_cuda_without_cuda_is_refused_in_one_line_before_anything_is_written(tmp
 def test_an_unknown_device_is_refused_by_the_schema():
     with pytest.raises(ConfigError, match="runtime.device"):
         load_scenario(tiny_scenario(runtime={"backend": "local", "device": "gpu"}))
+
+
+def test_ray_actors_reserving_gpu_fractions_run_where_they_can_and_say_so(tmp_path, ray_session):
+    """Workers and server each hold half a (fake) GPU: under auto they run on the CPU, to the local backend's
+    numbers, and the manifest says why; under cuda the run is refused in one line."""
+    _fake_gpus(ray_session)
+    fractions = {"backend": "ray", "worker_num_gpus": 0.5, "server_num_gpus": 0.5}
+    ray_rounds, ray_clients, manifest = _run(tmp_path, "auto", "ray", **fractions)
+    assert manifest["device"] == "cpu" and "but torch" in manifest["device_note"]
+    cpu_rounds, cpu_clients, _ = _run(tmp_path, "cpu", "cpu")
+    assert_frame_equal(ray_rounds, cpu_rounds, check_exact=True)
+    assert_frame_equal(ray_clients, cpu_clients, check_exact=True)
+    with pytest.raises(ConfigError, match=r"^runtime\.device: got 'cuda', expected auto or cpu here: Ray gave this"):
+        _run(tmp_path, "cuda", "ray_cuda", **fractions)
 
 
 # ----------------------------------------------------------------------------- sweeps on fake GPUs
