@@ -48,6 +48,7 @@ bench: $(STAMP)  ## the performance targets as printed ratios (README, Performan
 	$(PY) -m bench.scale_clients
 	$(PY) -m bench.worker_scaling
 	$(PY) -m bench.recorder
+	$(PY) -m bench.fused_round
 	bash bench/gpu_check.sh  # the GPU part: says it was skipped where there is no CUDA
 
 lint: $(STAMP)
