@@ -372,13 +372,13 @@ class FederationConfig(ConfigModel):
 
 class RuntimeConfig(ConfigModel):
     backend: Literal["ray", "local"] = "ray"  # local: everything in this process (debugging, tests)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when visible; cuda without CUDA is refused
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA where given a GPU torch sees; cuda: refused else
     fuse_clients: bool | Literal["auto"] = "auto"  # a worker's clients as one batched forward; auto: on CUDA only
     num_workers: int = 2  # ClientWorker actors; each serves any virtual client
     worker_num_cpus: float = 1.0
-    worker_num_gpus: float = 0.0  # fractional GPUs per worker; only used when CUDA is present
+    worker_num_gpus: float = 0.0  # Ray backend: fractional GPUs per worker, which runs on it (none: on the CPU)
     server_num_cpus: float = 1.0
-    server_num_gpus: float = 0.0
+    server_num_gpus: float = 0.0  # Ray backend: fractional GPUs of the server actor
     torch_threads: int = 1  # intra-op threads per actor
     memory_every: int = 0  # measure client and server memory every this many rounds (0: never)
     address: str | None = None  # Ray cluster address; null starts a local instance
