@@ -10,9 +10,12 @@ Modes (one row each; the work of `steps` consecutive steps is measured in ONE bl
 - centralized: `CentralizedServer.train_round`, the joined model's forward, backward and step;
 - inference: a forward of the client part in eval mode under no_grad;
 beside them, the clients of other methods that differ from these: the local-loss client (first-order
-on an aux head's loss), the HERON-SFL client (`HERONClient.step`: client part and aux head trained
-forward-only, P probes of both) and the HOSL client (`HOSLClient.probe`: a record applied, then a
-and P perturbed activations kept for the upload), with in-place probes.
+on an aux head's loss: local_loss_sl, cse_fsl, dsl_aux), the LocFedMix-SL client (the same with an input
+decoder; image or feature tasks), FedSplitX's clients at the model's deeper named cuts (the local-loss
+client cut there; at the scenario's cut it is the local-loss row), the HERON-SFL client
+(`HERONClient.step`: client part and aux head trained forward-only, P probes of both) and the HOSL client
+(`HOSLClient.probe`: a record applied, then a and P perturbed activations kept for the upload), with in-place
+probes.
 The real role classes run, so what is measured is what the simulator does.
 
 Accounting. Each block starts with the model built and the optimizer constructed but not stepped
@@ -47,11 +50,13 @@ from hosfl_sim.algorithms.cse_fsl import CSEFSLClient
 from hosfl_sim.algorithms.heron_sfl import HERONClient
 from hosfl_sim.algorithms.hosfl import HOSFLClient
 from hosfl_sim.algorithms.hosl import HOSLClient
+from hosfl_sim.algorithms.locfedmix_sl import LocFedMixClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors, to_wire
 from hosfl_sim.config import AlgorithmConfig, Scenario
 from hosfl_sim.memory.meter import MemoryMeter, slowdown
 from hosfl_sim.memory.static import static_bytes
+from hosfl_sim.models.split import cut_points
 from hosfl_sim.zo import derive_seeds
 
 STATIC_PARTS = ("params", "buffers", "grads", "optimizer_state")
@@ -153,10 +158,14 @@ def first_order_mode(spec: TaskSpec, optimizer: Optimizer, g: np.ndarray) -> Mod
     return Mode("first-order SFL client", optimizer, "-", step, lambda: static_bytes(model, opt, grads=True))
 
 
-def local_loss_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
-    """The client of local-loss split learning and CSE-FSL: first-order on its aux head's loss, no cut gradient."""
-    spec = _with_algorithm(spec, "local_loss_sl", optimizer)
-    role, cid = CSEFSLClient(spec), _client_id(spec)
+def local_loss_mode(
+    spec: TaskSpec, optimizer: Optimizer, role_class: type[CSEFSLClient] = CSEFSLClient,
+    name: str = "local_loss_sl", label: str = "local-loss client (+ aux head)",
+) -> Mode:  # fmt: skip
+    """The client of local-loss split learning, CSE-FSL and DSL-Aux: first-order on its aux head's loss, no cut
+    gradient (`role_class` and `name`: another client of the kind, its aux head's optimizer counted with it)."""
+    spec = _with_algorithm(spec, name, optimizer)
+    role, cid = role_class(spec), _client_id(spec)
     role.begin(cid, to_numpy(shared_state(role.base)), to_numpy(shared_state(role.aux_base)))
     (model, opt), (head, head_opt) = role.local[cid], role.aux[cid]
 
@@ -167,7 +176,20 @@ def local_loss_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
         parts = static_bytes(model, opt, grads=True), static_bytes(head, head_opt, grads=True)
         return {k: parts[0][k] + parts[1][k] for k in parts[0]}
 
-    return Mode("local-loss client (+ aux head)", optimizer, "-", step, static)
+    return Mode(label, optimizer, "-", step, static)
+
+
+def locfedmix_mode(spec: TaskSpec, optimizer: Optimizer) -> Mode:
+    """The LocFedMix-SL client: the local-loss client with the input decoder beside its aux head."""
+    return local_loss_mode(spec, optimizer, LocFedMixClient, "locfedmix_sl", "LocFedMix-SL client (+ aux, decoder)")
+
+
+def fedsplitx_modes(spec: TaskSpec, optimizer: Optimizer) -> list[Mode]:
+    """FedSplitX's clients at the model's named cuts deeper than the scenario's: the local-loss client cut there."""
+    points = cut_points(spec.model.name)
+    deeper = points[points.index(str(spec.model.cut)) + 1 :] if str(spec.model.cut) in points else []
+    at = lambda cut: dataclasses.replace(spec, model=spec.model.model_copy(update={"cut": cut}))  # noqa: E731
+    return [local_loss_mode(at(cut), optimizer, label=f"FedSplitX client at {cut} (+ aux head)") for cut in deeper]
 
 
 def heron_mode(spec: TaskSpec, optimizer: Optimizer, probe: Probe) -> Mode:
@@ -232,6 +254,9 @@ def build_modes(spec: TaskSpec, optimizers: tuple[Optimizer, ...] = ("adamw", "s
     modes += [first_order_mode(spec, o, g) for o in optimizers]
     modes += [local_loss_mode(spec, o) for o in optimizers]
     modes += [heron_mode(spec, o, "inplace") for o in optimizers] + [hosl_mode(spec, o, "inplace") for o in optimizers]
+    if spec.build_model().input_keys == ("x",):  # its decoder reconstructs images or features
+        modes += [locfedmix_mode(spec, o) for o in optimizers]
+    modes += fedsplitx_modes(spec, "adamw")
     modes += [centralized_mode(spec, "adamw"), inference_mode(spec)]
     return modes
 

@@ -184,3 +184,47 @@ def test_learns_digits_in_twenty_rounds(tmp_path):
     assert rounds["test_acc"].iloc[-1] > 0.8
     assert rounds["train_loss"].iloc[-3:].mean() < 0.5 * rounds["train_loss"].iloc[0]
     assert np.isfinite(rounds["train_loss"]).all()
+
+
+def test_its_memory_mode_holds_the_decoder_besides_the_local_loss_client():
+    """The LocFedMix-SL client is the local-loss client plus its decoder: parameters, gradients and AdamW moments of
+    (ACT x 64 + 64) more values, exactly; `hosfl-sim memory` lists it and FedSplitX's clients at the deeper cuts."""
+    from hosfl_sim.memory.meter import MemoryMeter
+    from hosfl_sim.memory_modes import build_modes, local_loss_mode, locfedmix_mode, measure_mode, scenario_spec
+
+    sc = load_scenario(tiny_scenario(federation={"num_clients": 8, "clients_per_round": 3, "batch_size": B}))
+    spec = scenario_spec(sc)
+    meter = MemoryMeter("cpu")
+    mix, local = (measure_mode(m, meter) for m in (locfedmix_mode(spec, "adamw"), local_loss_mode(spec, "adamw")))
+    decoder = 4 * D_DEC
+    assert mix["params"] - local["params"] == mix["grads"] - local["grads"] == decoder
+    assert mix["optimizer_state"] - local["optimizer_state"] == 2 * decoder + 2 * 4  # moments; a step count a tensor
+    names = [m.mode for m in build_modes(spec, ("adamw",))]
+    assert "LocFedMix-SL client (+ aux, decoder)" in names
+    assert [n for n in names if n.startswith("FedSplitX")] == [
+        f"FedSplitX client at {c} (+ aux head)" for c in ("block2", "block3")
+    ]
+
+
+def test_a_text_task_trains_the_classifier_head_alone(tmp_path):
+    """Token ids have nothing to reconstruct: no decoder travels, and the run learns from the classifier head."""
+    from hosfl_sim.config import to_dict
+    from tests.test_language import tiny_cfg
+    from tests.test_language_runs import _keyword_task
+
+    data, tokenizer, vocab = _keyword_task(tmp_path)
+    model = to_dict(tiny_cfg("opt", vocab, overrides={"tokenizer": tokenizer, "padding_side": "left"}))
+    sc = {
+        "task": {
+            "dataset": {"name": "files", "path": data, "text_column": "sentence", "max_length": 8},
+            "model": model,
+        },
+        "algorithms": [{"name": NAME, "smashmix": 2}],
+        "federation": {"num_clients": 6, "clients_per_round": 3, "rounds": 2, "batch_size": 8, "eval_every": 1},
+        "runtime": {"backend": "local", "num_workers": 1},
+    }
+    engine = Engine(load_scenario(sc), progress=False)
+    (summary,) = engine.run_all(tmp_path / "run")
+    rounds = pd.read_parquet(summary.run_dir / "rounds.parquet")
+    assert summary.status == "completed" and np.isfinite(rounds["train_loss"]).all()
+    assert set(engine.backend.server_role.aux) == {"head"} and (rounds["bytes_grad_down"] == 0).all()

@@ -150,6 +150,9 @@ ALL_ALGORITHMS = [
     {"name": "fsl_sage", "local_steps": 2, "align_every": 3},
     {"name": "heron_sfl", "perturbations": 2, "local_steps": 2, "upload_every": 2},
     {"name": "hosl", "perturbations": 2},
+    {"name": "locfedmix_sl", "local_steps": 2},
+    {"name": "fedsplitx", "cuts": ["block1", "block2"]},
+    {"name": "dsl_aux"},
 ]
 
 

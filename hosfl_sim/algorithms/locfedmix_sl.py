@@ -29,7 +29,7 @@ Interpretations where the paper leaves a detail open:
 - the aux network is one linear classifier plus one linear decoder (none with mi_weight 0), float32 (the
   paper's is small and model-specific); the decoder reconstructs the input average-pooled to at most 8 x 8
   (images; flat features as they are), so it stays small on large inputs; both travel and are averaged with the
-  client part;
+  client part; a text task (token ids) has nothing to reconstruct: there the local loss is the classifier's alone;
 - the server learns only from the kept clients' uploads, one step per local step (clients with fewer steps drop
   out of the later ones); mixing pairs and lambdas are drawn from the run seed, the round and the step, so a rerun
   mixes the same way; a step with one upload adds no mixed batch; pairs of different batch sizes are mixed over
@@ -56,8 +56,6 @@ from hosfl_sim.algorithms.sfl import split_steps
 from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.comm.channel import Channel
 from hosfl_sim.comm.messages import Activations, Labels
-from hosfl_sim.config import ConfigError
-from hosfl_sim.models import SplitModel
 
 MIX_SEED_TAG = 23  # mixed with the run seed, round and step to draw the server's mixing pairs
 
@@ -70,10 +68,10 @@ def reconstruction_target(x: torch.Tensor) -> torch.Tensor:
 
 
 def build_aux_net(spec: TaskSpec, client: nn.Module, input_keys: tuple[str, ...]) -> nn.ModuleDict:
-    """The classifier head (`build_aux`) and, with mi_weight > 0, the input decoder, both from the run seed (alike
-    in every process)."""
+    """The classifier head (`build_aux`) and, with mi_weight > 0 on image or feature inputs x, the input decoder, both
+    from the run seed (alike in every process)."""
     head = build_aux(spec, client, input_keys)
-    if spec.algorithm.mi_weight == 0:
+    if spec.algorithm.mi_weight == 0 or input_keys != ("x",):
         return nn.ModuleDict({"head": head})
     (x,) = to_tensors({"x": spec.train.features["x"][:1]}, next(client.parameters()).device).values()
     with torch.no_grad():
@@ -162,12 +160,6 @@ class LocFedMixSL(Algorithm):
     options = frozenset({"client_optimizer", "server_optimizer", "mi_weight", "smashmix", "mix_alpha"})
     supports_policies = True
     supports_epochs = True
-
-    @classmethod
-    def check_task(cls, spec: TaskSpec, split: SplitModel, index: int) -> None:
-        if split.input_keys != ("x",) and spec.algorithm.mi_weight > 0:
-            expected = "0 on a task without image or feature inputs x (the decoder reconstructs x)"
-            raise ConfigError(f"algorithms[{index}].mi_weight", spec.algorithm.mi_weight, expected)
 
     def run_round(self, rnd: int, clients: np.ndarray, backend: Backend, channel: Channel) -> RoundResult:
         clock = channel.clock
