@@ -53,6 +53,9 @@ ALGORITHMS = [
     {"name": "fsl_sage_persistent", "local_epochs": 1, "align_every": 2, "aux_buffer_samples": 64, "aux_batch": 32},
     {"name": "heron_sfl", "perturbations": 2, "local_steps": 3, "upload_every": 2},
     {"name": "hosl", "perturbations": 2, "local_steps": 2},
+    {"name": "locfedmix_sl", "local_steps": 2},
+    {"name": "fedsplitx", "local_steps": 2, "cuts": ["block1", "block2"]},
+    {"name": "dsl_aux", "local_steps": 2},
 ]
 
 
