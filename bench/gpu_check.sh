@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, for a machine with CUDA: at most 9.5 minutes (each step has a time limit), nothing downloaded (digits come
-# with scikit-learn, the benchmark generates CIFAR-shaped data). Each step prints the device with its numbers:
+# Every GPU check in one go, for a machine with CUDA: at most about 9.5 minutes (each step has a time limit, 555 s
+# in all), nothing downloaded (digits come with scikit-learn, the benchmark generates CIFAR-shaped data). Every
+# line printed names the device:
 #   1. the tests skipped without CUDA (pytest -m gpu): runs on cuda in float32 and bfloat16, CPU vs CUDA, the
 #      CUDA memory meter, and whatever else is marked gpu;
 #   2. the client memory modes measured on CUDA (hosfl-sim memory --device cuda);
 #   3. short HO-SFL runs with runtime.device=cuda through the CLI: local backend, Ray backend with fractional
 #      worker_num_gpus / server_num_gpus, and a sweep with gpus_per_run 0.5 (bench/gpu_runs.py);
 #   4. the GPU benchmarks (python -m bench.fused_round, where present).
-# Without CUDA it says so and exits 0 (`make bench` calls it). Exit status: 1 when any step failed.
-#   bash bench/gpu_check.sh            # PY=/path/to/python to use another interpreter (default: .venv, else python3)
+# Without CUDA it says so and exits 0. Exit status: 1 when any step failed.
+#   bash bench/gpu_check.sh [--skip-bench]   # PY=/path/to/python: another interpreter (default: .venv, else python3)
+# `make bench` runs bench.fused_round itself, then this with --skip-bench.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -35,11 +37,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, prefix its line
 "$PY" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
-step "GPU tests (pytest -m gpu)" 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
-step "memory modes on CUDA" 60 "$PY" -m hosfl_sim.cli memory quickstart --device cuda --out "$WORK/memory"
-step "HO-SFL runs on cuda (CLI, Ray, sweep)" 140 "$PY" -m bench.gpu_runs --rounds 20 --out "$WORK/runs"
-if [ -f bench/fused_round.py ]; then
-    step "GPU benchmarks (bench.fused_round)" 200 "$PY" -m bench.fused_round
+step "GPU tests (pytest -m gpu)" 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+step "memory modes on CUDA" 45 "$PY" -m hosfl_sim.cli memory quickstart --device cuda --out "$WORK/memory"
+step "HO-SFL runs on cuda (CLI, Ray, sweep)" 120 "$PY" -m bench.gpu_runs --rounds 20 --out "$WORK/runs"
+if [ "${1:-}" != "--skip-bench" ] && [ -f bench/fused_round.py ]; then  # its lines print as each part ends
+    step "GPU benchmarks (bench.fused_round)" 240 "$PY" -m bench.fused_round
 fi
 
 rm -rf "$WORK"
