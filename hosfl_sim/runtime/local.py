@@ -29,8 +29,9 @@ def _split(out: Any, num_returns: int) -> Any:
 
 
 class LocalBackend(Backend):
-    """Roles as plain objects in this process, on `device` (`runtime.device`; `gpu_ids`: the GPUs Ray gave this
-    process when it is a Ray task, see device.py). Nothing here can die on its own, so it never raises WorkerLost."""
+    """Roles as plain objects in this process, on `device` (`runtime.device`, which make_backend passes; built
+    directly, the CPU, as before there was a choice); `gpu_ids`: the GPUs Ray gave this process when it is a Ray
+    task (device.py). Nothing here can die on its own, so it never raises WorkerLost."""
 
     can_lose_workers = False
 
@@ -38,7 +39,7 @@ class LocalBackend(Backend):
         self,
         num_workers: int,
         torch_threads: int | None = None,
-        device: str = "auto",
+        device: str = "cpu",
         gpu_ids: Sequence[object] | None = None,
     ):
         super().__init__()
