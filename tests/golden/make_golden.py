@@ -70,7 +70,7 @@ def scenario(system: str, backend: str = "local") -> dict:
         "algorithms": ALGORITHMS,
         "federation": {"num_clients": 12, "clients_per_round": 4, "rounds": 4, "batch_size": 16, "eval_every": 2},
         "seeds": [0],
-        "runtime": {"backend": backend, "num_workers": 2},
+        "runtime": {"backend": backend, "num_workers": 2, "device": "cpu"},  # the files hold CPU numbers
         "system": SYSTEMS[system],
     }
 
