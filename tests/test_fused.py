@@ -113,6 +113,18 @@ def test_fused_two_sided_probes_run_one_forward_per_direction_and_sign(cls):
         assert mf["flops"] == ma["flops"] and mf["samples"] == ma["samples"]
 
 
+def test_a_subclass_that_overrides_a_phase_without_its_fused_form_runs_it_client_by_client():
+    class Probing(SFLZOClient):
+        def probe(self, records: list, client_id: int, rnd: int, step: int, seeds: np.ndarray) -> tuple[dict, dict]:
+            return super().probe(records, client_id, rnd, step, seeds)
+
+    role, seeds = _role(Probing, True), np.array([5, 9, 2], dtype=np.int64)
+    role.each(Probing.probe, [], [0, 3], 2, 0, seeds)
+    calls = _forwards(role)
+    role.each(Probing.probe, [], [0, 3], 1, 0, seeds)
+    assert calls == [16] * 12
+
+
 def test_auto_fuses_on_cuda_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [fusing(s, cpu) for s in ("auto", True, False)] == [False, True, False]

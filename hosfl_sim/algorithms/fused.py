@@ -77,12 +77,16 @@ class FusedClient(ClientRole):
     model: nn.Module  # what the fused forwards run
 
     def fused(self, method: Callable[..., Any], client_ids: list[int]) -> Callable[..., tuple] | None:
-        """The fused form of `method` where fusion is on and there is more than one client, else None."""
+        """The fused form of `method` where fusion is on and there is more than one client, else None. A subclass
+        that overrides `method` without its own fused form runs it client by client."""
         name = self.fused_phases.get(method.__name__)
         if name is None or len(client_ids) < 2 or not fusing(self.spec.fuse_clients, self.device):
             return None
+        fused = getattr(self, name)
+        if fused.__qualname__.split(".")[0] != method.__qualname__.split(".")[0]:  # defined by different classes
+            return None
         check_batch_independent(self.model)
-        return getattr(self, name)
+        return fused
 
     def each(self, method: Callable[..., tuple[Any, Any]], records: list, client_ids: list[int], *args: Any) -> tuple:
         fused = self.fused(method, client_ids)
