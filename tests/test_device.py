@@ -189,8 +189,9 @@ def test_a_sweep_asking_more_gpus_per_run_than_the_instance_has_is_refused_at_on
 def test_a_cuda_sweep_must_reserve_gpus(tmp_path):
     with pytest.raises(ConfigError, match="sweep.gpus_per_run: got 0.0, expected a number > 0 with runtime.device"):
         run_sweep(_gpu_sweep(tmp_path, 0, "cuda"), tmp_path / "sweep", log=lambda _: None)
-    with pytest.raises(ConfigError, match="sweep.gpus_per_run"):
-        run_sweep(_gpu_sweep(tmp_path, -1), tmp_path / "sweep", log=lambda _: None)
+    for bad in (-1, 1.5):  # Ray takes a fraction of one GPU or whole GPUs
+        with pytest.raises(ConfigError, match=rf"sweep.gpus_per_run: got {bad}, expected a fraction in \[0, 1\]"):
+            run_sweep(_gpu_sweep(tmp_path, bad), tmp_path / "sweep", log=lambda _: None)
 
 
 # ----------------------------------------------------------------------------- on a GPU

@@ -111,8 +111,8 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     if cpus is not None and (not isinstance(cpus, (int, float)) or cpus <= 0):
         raise ConfigError("sweep.cpus_per_run", cpus, "a number > 0")
     gpus = data.get("gpus_per_run", 0)
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0:
-        raise ConfigError("sweep.gpus_per_run", gpus, "a number >= 0 (fractional: runs share a GPU)")
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0 or (gpus > 1 and gpus % 1):
+        raise ConfigError("sweep.gpus_per_run", gpus, "a fraction in [0, 1] or a whole number (Ray's rule)")
     return SweepSpec(
         name=str(data.get("name") or path.stem),
         base=base,
