@@ -112,9 +112,12 @@ def test_cuda_without_cuda_is_refused_in_one_line_before_anything_is_written(tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_an_unknown_device_is_refused_by_the_schema():
+def test_an_unknown_device_or_a_gpu_count_ray_cannot_take_is_refused_by_the_schema():
     with pytest.raises(ConfigError, match="runtime.device"):
         load_scenario(tiny_scenario(runtime={"backend": "local", "device": "gpu"}))
+    with pytest.raises(ConfigError, match=r"runtime.server_num_gpus: got 1.5, expected a fraction in \[0, 1\]"):
+        load_scenario(tiny_scenario(runtime={"backend": "ray", "server_num_gpus": 1.5}))
+    load_scenario(tiny_scenario(runtime={"backend": "ray", "worker_num_gpus": 0.3, "server_num_gpus": 2}))
 
 
 def test_ray_actors_reserving_gpu_fractions_run_where_they_can_and_say_so(tmp_path, ray_session):

@@ -390,6 +390,8 @@ class RuntimeConfig(ConfigModel):
         for name in ("worker_num_cpus", "worker_num_gpus", "server_num_cpus", "server_num_gpus"):
             v = getattr(self, name)
             _require(v >= 0, f"{path}.{name}", v, "a number >= 0")
+            whole = "gpus" not in name or v <= 1 or v % 1 == 0  # Ray takes a fraction of one GPU or whole GPUs
+            _require(whole, f"{path}.{name}", v, "a fraction in [0, 1] or a whole number of GPUs (Ray's rule)")
         _require(self.torch_threads >= 1, f"{path}.torch_threads", self.torch_threads, "an integer >= 1")
         _require(self.memory_every >= 0, f"{path}.memory_every", self.memory_every, "an integer >= 0 (0: off)")
         v = self.checkpoint_every
