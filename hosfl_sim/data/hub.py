@@ -7,9 +7,10 @@ the embedded sources never pay for it.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,8 +56,8 @@ def open_local(path: str | Path) -> dict[str, datasets.Dataset]:
     if not p.exists():
         raise ConfigError("task.dataset.path", str(path), "an existing file or directory")
     if p.is_dir() and ((p / "dataset_dict.json").exists() or (p / "state.json").exists()):
-        loaded = datasets.load_from_disk(str(p))
-        return pick_splits(dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded})
+        loaded = _read(str(path), "a save_to_disk directory that datasets reads", datasets.load_from_disk, str(p))
+        return _with_rows(path, dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded})
 
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix.lower() in TABLE_SUFFIXES)
     if not files or any(f.suffix.lower() not in TABLE_SUFFIXES for f in files):
@@ -75,8 +76,32 @@ def open_local(path: str | Path) -> dict[str, datasets.Dataset]:
         raise ConfigError("task.dataset.path", str(path), f"files of one format (found {sorted(suffixes)})")
     suffix = suffixes.pop()
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
-    loaded = datasets.load_dataset(TABLE_SUFFIXES[suffix], data_files=groups, **kwargs)
-    return pick_splits(dict(loaded))
+    unreadable = [f for fs in groups.values() for f in fs if not os.access(f, os.R_OK)]
+    if unreadable:
+        raise ConfigError("task.dataset.path", str(path), f"files this user can read (not {unreadable[0]})")
+    expected = f"{suffix} files that datasets reads, with rows"
+    loaded = _read(str(path), expected, datasets.load_dataset, TABLE_SUFFIXES[suffix], data_files=groups, **kwargs)
+    return _with_rows(path, dict(loaded))
+
+
+def _read(path: str, expected: str, load: Any, *args: Any, **kwargs: Any) -> Any:
+    """`load(*args, **kwargs)`, its failure (an empty, corrupt or unreadable file) one line naming the path."""
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        return load(*args, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, DatasetGenerationError) as e:
+        cause = e.__cause__ if isinstance(e, DatasetGenerationError) and e.__cause__ else e
+        reason = str(cause).splitlines()[0][:120] if str(cause) else type(cause).__name__
+        raise ConfigError("task.dataset.path", path, f"{expected} ({reason})") from None
+
+
+def _with_rows(path: str | Path, tables: dict[str, datasets.Dataset]) -> dict[str, datasets.Dataset]:
+    picked = pick_splits(tables)
+    empty = [name for name, t in picked.items() if len(t) == 0]
+    if empty:
+        raise ConfigError("task.dataset.path", str(path), f"tables with rows (the {empty[0]} split has none)")
+    return picked
 
 
 def pick_splits(tables: dict[str, datasets.Dataset]) -> dict[str, datasets.Dataset]:

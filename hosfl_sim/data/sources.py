@@ -99,17 +99,25 @@ def _cap(ds: ArrayDataset, cap: int | None, rng: np.random.Generator) -> ArrayDa
 # ----------------------------------------------------------------------------- shared finishing
 
 
+MAX_CLASSES = 100_000  # more than any classification benchmark has; a larger label is an error in the file
+
+
 def encode_labels(
     y_train: np.ndarray, y_test: np.ndarray, num_classes: int | None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """int64 labels in [0, num_classes). Integer labels are kept; other labels (names) map to their sorted order."""
     both = np.concatenate([y_train.ravel(), y_test.ravel()])
-    if both.dtype.kind == "f" and np.all(np.mod(both, 1) == 0):
+    if both.dtype.kind == "f":
+        if not np.all(np.isfinite(both) & (np.mod(both, 1) == 0)):
+            bad = both[~(np.isfinite(both) & (np.mod(both, 1) == 0))][0]
+            raise ConfigError("task.dataset.label_column", float(bad), "whole-number class labels (or class names)")
         both = both.astype(np.int64)
     if both.dtype.kind in "iub":
         codes = both.astype(np.int64)
         if len(codes) and codes.min() < 0:
             raise ConfigError("task.dataset.label_column", int(codes.min()), "class labels >= 0 in every row")
+        if len(codes) and codes.max() >= MAX_CLASSES:  # the output layer would have that many rows
+            raise ConfigError("task.dataset.label_column", int(codes.max()), f"class labels below {MAX_CLASSES:,}")
         k = num_classes if num_classes is not None else (int(codes.max()) + 1 if len(codes) else 0)
         if len(codes) and codes.max() >= k:
             raise ConfigError("task.dataset.label_column", int(codes.max()), f"class labels below {k}")
