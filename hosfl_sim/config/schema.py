@@ -201,7 +201,8 @@ class AlgorithmConfig(ConfigModel):
         if e is not None:
             expected = "1 (the default) when local_epochs is set: a round is then local_epochs full passes"
             _require(self.local_steps == 1, f"{path}.local_steps", self.local_steps, expected)
-        _require(self.perturbations >= 1, f"{path}.perturbations", self.perturbations, "an integer >= 1 (P)")
+        p = self.perturbations  # each is a forward per step (and a copy of the batch when probes are batched)
+        _require(1 <= p <= 10_000, f"{path}.perturbations", p, "an integer in [1, 10000] (P)")
         _require(self.mu > 0, f"{path}.mu", self.mu, "a number > 0")
         for name in ("server_steps", "align_every", "aux_passes", "aux_buffer", "aux_buffer_samples", "aux_batch"):
             v = getattr(self, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -
     for i, algo in enumerate(sc.algorithms):
         check_algorithm(sc, i, get_algorithm(algo.name, f"algorithms[{i}].name"))
     specs = specs_of_seeds()
-    split = specs[0].build_model()  # names, cut, weights, heads
+    split = build_checked(specs[0])  # names, cut, weights, heads
     for i, algo in enumerate(sc.algorithms):
         get_algorithm(algo.name).check_task(dataclasses.replace(specs[0], algorithm=algo), split, i)
     for spec in specs:
@@ -90,6 +91,19 @@ def check_scenario(sc: Scenario, specs_of_seeds: Callable[[], list[TaskSpec]]) -
         Availability(sc.system.availability, sc.federation.num_clients, spec.seed)
         if sc.system.policy == "deadline":
             check_deadline(sc.system, split, spec, profiles)
+
+
+def build_checked(spec: TaskSpec) -> SplitModel:
+    """The run's model, built once; one that cannot be allocated is a config error, not a traceback."""
+    try:
+        return spec.build_model()
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        if not isinstance(e, MemoryError) and "allocate" not in str(e):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(e))
+        reason = f"one tensor alone needs {int(asked[1]) / 1e9:,.1f} GB" if asked else str(e).splitlines()[0][:120]
+        value = {"name": spec.model.name, "width": spec.model.width}
+        raise ConfigError("task.model", value, f"a model this machine can allocate ({reason})") from None
 
 
 def check_output_dir(out: str | Path, field: str = "--out") -> None:
