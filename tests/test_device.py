@@ -28,18 +28,21 @@ from tests.golden.make_golden import drop_volatile
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 
 
-def _run(tmp_path: Path, device: str, name: str = "run", **runtime) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _run(
+    tmp_path: Path, device: str, name: str = "run", actors=None, **runtime
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     sc = tiny_scenario(
         algorithms=[{"name": "hosfl", "perturbations": 2}],
         federation={"num_clients": 6, "clients_per_round": 3, "rounds": 3, "batch_size": 8, "eval_every": 1},
         runtime={"backend": "local", "num_workers": 2, "device": device, **runtime},
     )
-    engine = Engine(load_scenario(sc), progress=False)
+    engine = Engine(load_scenario(sc), actors, progress=False)  # actors: a backend to reuse (else made)
     run_dir = tmp_path / name
     try:
         assert engine.run_one(0, 0, run_dir).status == "completed"
     finally:
-        engine.close()
+        if actors is None:
+            engine.close()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     frames = [drop_volatile(pd.read_parquet(run_dir / f"{kind}.parquet")) for kind in ("rounds", "clients")]
     return frames[0], frames[1], manifest
@@ -123,15 +126,22 @@ def test_an_unknown_device_or_a_gpu_count_ray_cannot_take_is_refused_by_the_sche
 def test_ray_actors_reserving_gpu_fractions_run_where_they_can_and_say_so(tmp_path, ray_session):
     """Workers and server each hold half a (fake) GPU: under auto they run on the CPU, to the local backend's
     numbers, and the manifest says why; under cuda the run is refused in one line."""
+    from hosfl_sim.runtime.ray_backend import RayBackend
+
     _fake_gpus(ray_session)
-    fractions = {"backend": "ray", "worker_num_gpus": 0.5, "server_num_gpus": 0.5}
-    ray_rounds, ray_clients, manifest = _run(tmp_path, "auto", "ray", **fractions)
-    assert manifest["device"] == "cpu" and "but torch" in manifest["device_note"]
-    cpu_rounds, cpu_clients, _ = _run(tmp_path, "cpu", "cpu")
+    fractions = {"backend": "ray", "num_workers": 1, "worker_num_gpus": 0.5, "server_num_gpus": 0.5}
+    actors = RayBackend(RuntimeConfig(**fractions))  # its two actors serve both runs
+    try:
+        ray_rounds, ray_clients, manifest = _run(tmp_path, "auto", "ray", actors, **fractions)
+        assert manifest["device"] == "cpu" and "but torch" in manifest["device_note"]
+        actors.device = "cuda"  # what runtime.device: cuda makes of the same actors
+        with pytest.raises(ConfigError, match=r"^runtime\.device: got 'cuda', expected auto or cpu here: Ray gave"):
+            _run(tmp_path, "cuda", "ray_cuda", actors, **fractions)
+    finally:
+        actors.shutdown()
+    cpu_rounds, cpu_clients, _ = _run(tmp_path, "cpu", "cpu", num_workers=1)
     assert_frame_equal(ray_rounds, cpu_rounds, check_exact=True)
     assert_frame_equal(ray_clients, cpu_clients, check_exact=True)
-    with pytest.raises(ConfigError, match=r"^runtime\.device: got 'cuda', expected auto or cpu here: Ray gave this"):
-        _run(tmp_path, "cuda", "ray_cuda", **fractions)
 
 
 # ----------------------------------------------------------------------------- sweeps on fake GPUs
