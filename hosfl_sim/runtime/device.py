@@ -57,8 +57,8 @@ def place(requested: str, gpu_ids: Sequence[object] | None = None) -> Placement:
     if torch.cuda.is_available():
         return Placement("cuda", cuda_name())
     if gpu_ids:  # a GPU reserved but not usable: say so rather than crash
-        ids = ", ".join(str(i) for i in gpu_ids)
-        return Placement("cpu", "cpu", f"Ray gave this process GPU {ids} but {cuda_missing()}: ran on the CPU")
+        why = f"Ray gave this process GPU {', '.join(str(i) for i in gpu_ids)} but {cuda_missing()}"
+        return Placement("cpu", "cpu", why if requested == "cuda" else f"{why}: ran on the CPU")
     return Placement("cpu", "cpu", cuda_missing() if requested == "cuda" else None)
 
 
