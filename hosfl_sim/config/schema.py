@@ -433,7 +433,7 @@ class Scenario(ConfigModel):
         if system.policy == "overcommit":  # ceil(c K) clients are sampled: they must exist
             most = fed.num_clients / fed.clients_per_round
             _require(
-                math.ceil(system.overcommit * fed.clients_per_round) <= fed.num_clients,
+                system.overcommit * fed.clients_per_round <= fed.num_clients,  # = ceil(..) <= n; no overflow
                 "system.overcommit",
                 system.overcommit,
                 f"a number with ceil(overcommit x clients_per_round) <= num_clients (at most {most:g} here)",
