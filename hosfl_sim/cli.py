@@ -131,36 +131,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario, args.overrides)
-    import torch
+    from hosfl_sim.memory_modes import memory_command
 
-    from hosfl_sim.memory import MemoryMeter
-    from hosfl_sim.memory_modes import format_modes, measure_modes, plot_modes, scenario_spec
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
-    torch.set_num_threads(scenario.runtime.torch_threads)  # as the simulator's workers run
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path(scenario.output_dir) / scenario.name / f"memory-{stamp}"
-    spec = scenario_spec(scenario, device=args.device)
-    m, feats = scenario.task.model, spec.train.features
-    shape = "x".join(str(s) for s in next(iter(feats.values())).shape[1:])  # per-sample input shape
-    title = f"{m.name} cut {m.cut}, batch {spec.federation.batch_size}, input {shape}, {args.device}"
-    print(f"client memory by mode: {title}")
-    meter = MemoryMeter(args.device)
-    table = measure_modes(spec, meter, overhead=not args.no_overhead)
-    print(format_modes(table))
-    if "slowdown" in table:
-        print("slowdown: seconds of one step measured / not measured (median of 3; the CPU meter runs the profiler)")
-    cost = meter.overhead()
-    print(f"meter: {cost['measurements']} blocks measured, {cost['overhead_s']:.3f} s starting/stopping/reading it")
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "memory_modes.csv", index=False)
-    for path in plot_modes(table, out, title=title):
-        print(path)
-    print(out / "memory_modes.csv")
-    return 0
+    return memory_command(load_scenario(args.scenario, args.overrides), args.device, args.out, not args.no_overhead)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -278,7 +251,8 @@ def _reproduce_arguments(rp: argparse.ArgumentParser) -> None:
     rp.add_argument("--out", help="sweep directory (default: runs/reproduce/<table>-scale<scale>)")
     rp.add_argument("--address", help="an existing Ray cluster: auto or ray://host:10001 (default: a local instance)")
     rp.add_argument("--resume", action="store_true", help="keep the runs already complete and run the rest")
-    rp.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="memory: where the modes are measured")
+    rp.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where runs go, and memory is measured")
+    rp.add_argument("--gpus-per-run", type=float, default=0.5, help="with --device cuda: the GPU share of each run")
     rp.set_defaults(fn=cmd_reproduce)
 
 

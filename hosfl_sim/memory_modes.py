@@ -53,7 +53,7 @@ from hosfl_sim.algorithms.hosl import HOSLClient
 from hosfl_sim.algorithms.locfedmix_sl import LocFedMixClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors, to_wire
-from hosfl_sim.config import AlgorithmConfig, Scenario
+from hosfl_sim.config import AlgorithmConfig, ConfigError, Scenario
 from hosfl_sim.memory.meter import MemoryMeter, slowdown
 from hosfl_sim.memory.static import static_bytes
 from hosfl_sim.models.split import cut_points
@@ -385,3 +385,32 @@ def plot_modes(table: pd.DataFrame, out_dir: str | Path, title: str = "", dpi: i
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
         paths.append(path)
     return paths
+
+
+def memory_command(scenario: Scenario, device: str, out_dir: str | None, overhead: bool = True) -> int:
+    """`hosfl-sim memory SCENARIO`: the modes measured on `device`, printed, and written to a CSV and charts."""
+    import datetime as dt
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", device, "cpu (no CUDA device is visible here)")
+    torch.set_num_threads(scenario.runtime.torch_threads)  # as the simulator's workers run
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir else Path(scenario.output_dir) / scenario.name / f"memory-{stamp}"
+    spec = scenario_spec(scenario, device=device)
+    m, feats = scenario.task.model, spec.train.features
+    shape = "x".join(str(s) for s in next(iter(feats.values())).shape[1:])  # per-sample input shape
+    title = f"{m.name} cut {m.cut}, batch {spec.federation.batch_size}, input {shape}, {device}"
+    print(f"client memory by mode: {title}")
+    meter = MemoryMeter(device)
+    table = measure_modes(spec, meter, overhead=overhead)
+    print(format_modes(table))
+    if "slowdown" in table:
+        print("slowdown: seconds of one step measured / not measured (median of 3; the CPU meter runs the profiler)")
+    cost = meter.overhead()
+    print(f"meter: {cost['measurements']} blocks measured, {cost['overhead_s']:.3f} s starting/stopping/reading it")
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "memory_modes.csv", index=False)
+    for path in plot_modes(table, out, title=title):
+        print(path)
+    print(out / "memory_modes.csv")
+    return 0

@@ -241,3 +241,20 @@ def test_a_table_can_include_methods_beyond_the_papers():
     added = [r for r in more if r.scenario.algorithms[0].name in ("local_loss_sl", "cse_fsl")]
     assert len(more) == len(plain) + len(added) and len(added) == 2 * len(cells) * len(plain[0].scenario.seeds)
     assert {r.path.split("/")[0] for r in added} == cells
+
+
+def test_a_table_on_gpus_reserves_each_runs_share_and_runs_it_on_cuda():
+    import argparse
+
+    from hosfl_sim.reproduce.command import on_device
+
+    spec = table_sweep("vision", scale=0.01)
+    on_gpu = on_device(spec, argparse.Namespace(device="cuda", gpus_per_run=0.25))
+    runs = plan_sweep(on_gpu)
+    assert len(runs) == len(plan_sweep(spec)) and {r.num_gpus for r in runs} == {0.25}
+    assert {r.scenario.runtime.device for r in runs} == {"cuda"}
+    assert on_device(spec, argparse.Namespace(device="cpu", gpus_per_run=0.25)) == spec
+    for share in (0, 1.5, -1):
+        with pytest.raises(ConfigError) as e:
+            on_device(spec, argparse.Namespace(device="cuda", gpus_per_run=share))
+        assert e.value.path == "--gpus-per-run"

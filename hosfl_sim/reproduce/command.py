@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from hosfl_sim.reproduce.resources import (
 )
 from hosfl_sim.reproduce.tables import model_cells, preflight, table_sweep
 from hosfl_sim.runtime.sweep import run_sweep
+from hosfl_sim.runtime.sweep_plan import SweepSpec, check_gpus_per_run
 
 
 def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
@@ -30,7 +32,9 @@ def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
     out = Path(args.out or Path("runs") / "reproduce" / f"{args.table}-scale{args.scale:g}")
     if args.table in ("memory", "communication"):
         return _reproduce_resources(args, overrides, out)
-    spec = table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides, extra=args.extra)
+    spec = on_device(
+        table_sweep(args.table, args.scale, args.seeds, args.data, args.model, overrides, extra=args.extra), args
+    )
     preflight(spec)
     print(spec.description)
     result = run_sweep(spec, out, address=args.address, resume=args.resume)
@@ -41,6 +45,18 @@ def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
     for path in result.failed:
         print(f"failed: {path} (see {result.dir / path / 'error.txt'})", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def on_device(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
+    """`--device cuda`: every run of the table on a GPU, each reserving `--gpus-per-run` of one (Ray packs runs
+    that share a GPU, and spreads them over every GPU of a cluster)."""
+    if args.device != "cuda":
+        return spec
+    share = check_gpus_per_run(args.gpus_per_run, "--gpus-per-run")
+    if share == 0:
+        raise ConfigError("--gpus-per-run", args.gpus_per_run, "a share > 0 with --device cuda")
+    overrides = {**spec.overrides, "runtime.device": "cuda"}
+    return dataclasses.replace(spec, gpus_per_run=share, overrides=overrides)
 
 
 def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -> int:
@@ -71,7 +87,7 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
     frames, failed = [], []
     for name in ("vision", "language"):
         cells = [cell for table, cell in model_cells(args.model) if table == name]
-        spec = communication_sweep(table_sweep(name, 1.0, None, args.data, None, overrides, cells))
+        spec = on_device(communication_sweep(table_sweep(name, 1.0, None, args.data, None, overrides, cells)), args)
         preflight(spec)
         result = run_sweep(spec, out / name, address=args.address, resume=args.resume)
         frames.append(communication_table(result.dir))

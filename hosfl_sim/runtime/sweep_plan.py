@@ -110,9 +110,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     cpus = data.get("cpus_per_run")
     if cpus is not None and (not isinstance(cpus, (int, float)) or cpus <= 0):
         raise ConfigError("sweep.cpus_per_run", cpus, "a number > 0")
-    gpus = data.get("gpus_per_run", 0)
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0 or (gpus > 1 and gpus % 1):
-        raise ConfigError("sweep.gpus_per_run", gpus, "a fraction in [0, 1] or a whole number (Ray's rule)")
+    gpus = check_gpus_per_run(data.get("gpus_per_run", 0))
     return SweepSpec(
         name=str(data.get("name") or path.stem),
         base=base,
@@ -123,6 +121,18 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         cpus_per_run=cpus,
         gpus_per_run=float(gpus),
     )
+
+
+def check_gpus_per_run(gpus: Any, field: str = "sweep.gpus_per_run") -> float:
+    """A run's GPU share as Ray takes it: a fraction in [0, 1] (runs share a GPU) or whole GPUs."""
+    if (
+        isinstance(gpus, bool)
+        or not isinstance(gpus, (int, float))
+        or not 0 <= gpus < float("inf")
+        or (gpus > 1 and gpus % 1)
+    ):
+        raise ConfigError(field, gpus, "a fraction in [0, 1] or a whole number (Ray's rule)")
+    return float(gpus)
 
 
 def grid_points(grid: list[dict[str, list]]) -> list[dict[str, Any]]:
