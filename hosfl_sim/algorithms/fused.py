@@ -12,7 +12,9 @@ batch differently). A part with BatchNorm in train mode would normalise over the
 ConfigError. Inputs that cannot be concatenated (other trailing shapes or dtypes) are served client by client.
 
 Measured wall time of a fused block is shared out by rows; a measured memory peak is the block's, charged to the
-worker's first client. `auto` fuses on CUDA only: on the CPU fusion is measured slower (README, bench/fused_round.py).
+worker's first client. `auto` fuses on CUDA only. On this project's CPU fusion measured faster too (README,
+bench/fused_round.py: a worker draws each direction once, not once per client), but the CPU default stays the
+per-client path, which keeps per-client memory peaks and the exact numbers the golden files pin.
 """
 
 from __future__ import annotations
