@@ -19,7 +19,8 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_packaged_scenarios(tmp_
     subprocess.run([*build, str(ROOT)], check=True, cwd=tmp_path, capture_output=True)
     (wheel,) = wheels.glob("hosfl_sim-*.whl")
     packaged = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("hosfl_sim/scenarios/")}
-    shipped = {f"hosfl_sim/{p.relative_to(ROOT)}" for p in (ROOT / "scenarios").rglob("*.yaml")}
+    shipped = {f"hosfl_sim/{p.relative_to(ROOT)}" for p in (ROOT / "scenarios").rglob("*") if p.is_file()}
+    assert "hosfl_sim/scenarios/scenario.schema.json" in shipped  # an editor's completion works on the wheel too
     assert packaged == shipped  # the top-level scenarios/ is the source; the wheel carries all of it
 
     venv = tmp_path / "venv"
@@ -46,3 +47,16 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_packaged_scenarios(tmp_
     assert run.returncode == 0, run.stderr
     runs = sorted((tmp_path / "runs").rglob("rounds.parquet"))  # one per algorithm of the scenario
     assert runs and all(len(pd.read_parquet(r)) == 2 for r in runs)
+
+    # a sweep on a packaged base scenario: Ray tasks started by the installed copy, an index of both runs
+    sweep = tmp_path / "tiny_sweep.yaml"
+    sweep.write_text(
+        "base: quickstart\n"
+        "overrides: {federation.rounds: 2, federation.eval_every: 1}\n"
+        "grid:\n  algorithms: [{name: hosfl}]\n  algorithms[0].perturbations: [1, 2]\n"
+        "cpus_per_run: 1\n"
+    )
+    swept = cli("sweep", str(sweep), "--out", "sweep")
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    index = pd.read_parquet(tmp_path / "sweep" / "sweep_index.parquet")
+    assert sorted(index["status"]) == ["completed", "completed"] and len(index) == 2
