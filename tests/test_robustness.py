@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from hosfl_sim.algorithms.hosfl import HOSFLClient, HOSFLServer
 from hosfl_sim.cli import main
@@ -259,6 +260,43 @@ def test_a_huge_learning_rate_stops_the_run_as_diverged_and_keeps_its_log(tmp_pa
     assert "server's client." in reasons["params"]
     last = pd.read_parquet(summaries[1].run_dir / "rounds.parquet").iloc[-1]
     assert np.isfinite(last["train_loss"])  # only the parameter check saw it
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_an_overflow_in_a_round_is_divergence_at_that_round_and_the_other_algorithms_run(
+    tmp_path, capsys, backend, request
+):
+    """SGD steps float32 cannot hold make torch refuse the scalar mid-round (SFL-ZO's client update from its
+    server, its server's own step, SFL's first step): each run ends `diverged` at that round, whose row is not
+    logged, the rounds before it are kept, and the scenario's other algorithms still run (exit 1, no traceback)."""
+    if backend == "ray":
+        request.getfixturevalue("ray_session")
+    zo = {"name": "sfl_zo", "perturbations": 2, "mu": 0.001}
+    algos = [
+        {**zo, "label": "zo-client", "client_optimizer": {"name": "sgd", "lr": 1e30}},
+        {**zo, "label": "zo-server", "server_optimizer": {"name": "sgd", "lr": 1e300}},
+        {"name": "sfl", "label": "sfl-client", "client_optimizer": {"name": "sgd", "lr": 1e300}},
+        {"name": "sfl", "label": "fine"},
+    ]
+    fed = {"num_clients": 4, "clients_per_round": 2, "rounds": 4, "batch_size": 8, "eval_every": 1}
+    sc = tiny_scenario(algorithms=algos, federation=fed, runtime={"backend": backend, "num_workers": 1})
+    (tmp_path / "sc.yaml").write_text(yaml.safe_dump(sc))
+    assert main(["run", str(tmp_path / "sc.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "failed" not in err
+    at = {}
+    for label in ("zo-client", "zo-server", "sfl-client"):
+        run_dir = tmp_path / "out" / f"{label}_seed0"
+        m = read_manifest(run_dir)
+        assert m["status"] == "diverged" and "without overflow" in m["diverged_reason"], m
+        kept = pd.read_parquet(run_dir / "rounds.parquet") if (run_dir / "rounds.parquet").exists() else None
+        logged = 0 if kept is None else len(kept)
+        assert m["diverged_round"] == logged + 1 == m["rounds_completed"] + 1  # that round: no row, none after it
+        assert kept is None or kept["train_loss"].map(np.isfinite).all()
+        assert f"{label} seed 0: diverged after {logged} rounds" in err
+        at[label] = m["diverged_round"]
+    assert at == {"zo-client": 2, "zo-server": 1, "sfl-client": 1}
+    assert read_manifest(tmp_path / "out" / "fine_seed0")["status"] == "completed"
 
 
 def test_a_deferred_nan_check_stops_at_the_same_round_as_an_immediate_one(tmp_path):

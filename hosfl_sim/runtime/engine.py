@@ -5,7 +5,8 @@ run alive:
   continues a run from it with the same numbers (checkpoint.py says what one holds).
 - A client worker that dies in a round has the round run again without its clients (recovery.py).
 - The server dying stops the run (ServerLost), to be resumed from its last checkpoint; a NaN or Inf in the
-  round's loss, the test loss or any server tensor stops it as `diverged` (divergence.py).
+  round's loss, the test loss or any server tensor, or an overflow a round raises, stops it as `diverged`
+  (divergence.py).
 """
 
 from __future__ import annotations
@@ -229,14 +230,12 @@ class Engine:
             measuring = rt.memory_every > 0 and rnd % rt.memory_every == 0
             try:
                 outcome = self._run_round(algorithm, rnd, clients, run.ledger, clock_for, measuring)
-                late = self.watch.late()
-            except Exception:
-                late = self.watch.late()  # NaN/Inf left by the round before may be why this one failed
-                if late is None:
-                    raise
-            if late is not None:  # the round before left NaN/Inf in the server: it diverged; this one is dropped
+                late, at = self.watch.late(), rnd - 1
+            except Exception as e:  # NaN/Inf the round before left, or an overflow in this one (else raised again)
+                late, at = self.watch.after_error(e, rnd)
+            if late is not None:  # diverged at round `at` (the round before, or this one); this one is dropped
+                diverged(recorder, algorithm.cfg.display_name, seed, at, late)
                 status, rnd = "diverged", rnd - 1
-                diverged(recorder, algorithm.cfg.display_name, seed, rnd, late)
                 break
             base = {"algorithm": algorithm.cfg.display_name, "seed": seed, "round": rnd}
             row, rows, last = self._rows(base, run, clients, outcome, profiles, measuring)
