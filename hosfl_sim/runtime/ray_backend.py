@@ -32,13 +32,14 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray._private.utils import read_ray_address
 
 from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm
 from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.config import ConfigError, RuntimeConfig
 from hosfl_sim.runtime.allocator import keep_freed_memory
-from hosfl_sim.runtime.cluster import check_resources
+from hosfl_sim.runtime.cluster import check_nodes, check_resources, wait_placed
 from hosfl_sim.runtime.device import Placement, describe, place, require
 from hosfl_sim.runtime.errors import ServerLost, WorkerLost
 
@@ -83,11 +84,15 @@ def init_ray(cfg: RuntimeConfig) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, **kwargs)
         return False
+    running = os.environ.get("RAY_ADDRESS") or read_ray_address()  # what Ray itself would join
+    if running:
+        log.warning("a Ray cluster was started at %s; this run starts its own (runtime.address=auto joins it)", running)
     if os.environ.get("RAY_AUTH_MODE", "token") == "token":  # Ray's own default for a new local instance
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))  # children inherit it; no file is written
     # Logical CPUs: enough for the pool and the server even on a 2-core laptop (they mostly wait).
     need = cfg.num_workers * cfg.worker_num_cpus + cfg.server_num_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), **kwargs)
+    # address "local": a new instance even where `ray start` left one Ray would join (and refuse num_cpus for)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), **kwargs)
     return True
 
 
@@ -102,10 +107,12 @@ class RayBackend(Backend):
         self.started_ray = init_ray(cfg)
         try:
             check_resources(cfg, dict(ray.cluster_resources()))  # Ray would wait for missing ones without a word
+            check_nodes(cfg, [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]])
         except ConfigError:
             if self.started_ray:
                 ray.shutdown()
             raise
+        free = dict(ray.available_resources())  # before the actors take theirs
         self.num_workers = cfg.num_workers
         self.torch_threads = cfg.torch_threads
         self.device = cfg.device
@@ -123,6 +130,11 @@ class RayBackend(Backend):
             num_cpus=cfg.server_num_cpus, num_gpus=sgpu, max_restarts=0
         ).remote(cfg.torch_threads)
         self._setup: tuple[type[Algorithm], ray.ObjectRef] | None = None
+        try:
+            wait_placed([a.pid.remote() for a in [*self.workers, self.server_actor]], cfg, free)
+        except ConfigError:
+            self.shutdown()
+            raise
 
     def _new_worker(self) -> Any:
         return ClientWorker.options(**self.worker_opts).remote(self.torch_threads)
