@@ -7,6 +7,8 @@ tolerance, and the ledger and the simulated clock (priced from sizes and FLOPs, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from hosfl_sim.algorithms.fused import check_batch_independent, fusing
-from hosfl_sim.algorithms.hosfl import HOSFLClient
+from hosfl_sim.algorithms.hosfl import HOSFLClient, HOSFLServer
 from hosfl_sim.algorithms.sfl_zo import SFLZOClient
 from hosfl_sim.algorithms.zo_fl import ZOFLClient
 from hosfl_sim.config import ConfigError, load_scenario
@@ -123,6 +125,27 @@ def test_a_subclass_that_overrides_a_phase_without_its_fused_form_runs_it_client
     calls = _forwards(role)
     role.each(Probing.probe, [], [0, 3], 1, 0, seeds)
     assert calls == [16] * 12
+
+
+def test_a_batched_server_step_gives_the_per_client_numbers(tmp_path):
+    data = _scenario(ALGORITHMS["hosfl"], False)
+    alone, alone_clients = _rounds(tmp_path / "alone", data)
+    data["runtime"]["fuse_server"] = True  # the CNN's server part has no BatchNorm
+    batched, batched_clients = _rounds(tmp_path / "batched", data)
+    for col in VALUES:
+        np.testing.assert_allclose(batched[col], alone[col], rtol=1e-4, atol=1e-5, err_msg=col)
+    ledger = [c for c in alone.columns if c.startswith("bytes_")] + EXACT
+    pd.testing.assert_frame_equal(batched[ledger], alone[ledger])
+    np.testing.assert_allclose(batched_clients["train_loss"], alone_clients["train_loss"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batched_server_step_is_refused_for_a_server_part_with_batchnorm_in_train_mode():
+    data = _scenario(ALGORITHMS["hosfl"], False)
+    data["task"]["model"] = {"name": "resnet18", "cut": "layer1", "width": 8}
+    spec = Engine(load_scenario(data), progress=False).spec(0, 0)
+    HOSFLServer(spec)  # per client: fine
+    with pytest.raises(ConfigError, match="runtime.fuse_server"):
+        HOSFLServer(dataclasses.replace(spec, fuse_server=True))
 
 
 def test_auto_fuses_on_cuda_only():

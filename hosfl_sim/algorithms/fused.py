@@ -36,10 +36,12 @@ def fusing(setting: bool | str, device: torch.device) -> bool:
     return setting is True or (setting == "auto" and device.type == "cuda")
 
 
-def check_batch_independent(module: nn.Module) -> None:
-    """Refuse a module whose output rows depend on the other rows of the batch (BatchNorm in train mode)."""
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in module.modules()):
-        raise ConfigError("runtime.fuse_clients", True, "false for a model with BatchNorm in train mode")
+def check_batch_independent(module: nn.Module, field: str = "runtime.fuse_clients") -> None:
+    """Refuse a module whose output rows depend on the other rows of the batch (BatchNorm in train mode), or whose
+    random draws depend on the batch's shape (dropout in train mode)."""
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    if any(isinstance(m, kinds) and m.training and getattr(m, "p", 1.0) > 0 for m in module.modules()):
+        raise ConfigError(field, True, "false for a model with BatchNorm or dropout in train mode")
 
 
 def fusable(inputs: Sequence[Inputs]) -> bool:

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from hosfl_sim.algorithms.fused import concat, fusable, rows, shares
+from hosfl_sim.algorithms.fused import check_batch_independent, concat, fusable, rows, shares
 from hosfl_sim.algorithms.registry import register
 from hosfl_sim.algorithms.replay import mean_scalars
 from hosfl_sim.algorithms.roles import ClientRole
 from hosfl_sim.algorithms.routing import by_group, by_worker, in_client_order, make_plan, planned
 from hosfl_sim.algorithms.seed_round import ReplicaServer, SeedBasedAlgorithm, Step
-from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_wire
+from hosfl_sim.algorithms.task import TaskSpec, from_wire, sample_batch, tensor, to_tensors, to_wire
 from hosfl_sim.algorithms.zo_client import ZOClient, prepare_zo_module
 from hosfl_sim.comm.messages import Activations, CutGrad, Labels, Scalars
 from hosfl_sim.zo import ZOUpdater, make_optimizer
@@ -105,6 +105,8 @@ class HOSFLServer(ReplicaServer):
         cfg = spec.algorithm
         self.client_updater = ZOUpdater(prepare_zo_module(self.client)[1], cfg.client_optimizer, cfg.distribution)
         self.server.train()
+        if spec.fuse_server:  # one batch on the server: its rows must not see each other
+            check_batch_independent(self.server, "runtime.fuse_server")
         self.params = [p for p in self.server.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg.server_optimizer)
 
@@ -117,21 +119,43 @@ class HOSFLServer(ReplicaServer):
         uploads, cfg = planned(plan, groups), self.spec.algorithm
         k, weight = len(uploads), 1.0 / len(uploads) if cfg.cut_grad_scale == "1/K" else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        grads, losses, flops = [], [], 0
-        for up in uploads:
-            a = from_wire(up["a"], self.device, self.spec.dtype).requires_grad_(True)
-            flops += 3 * self.forward_flops(a, up["side"])  # forward + backward (~2x forward)
-            loss = self.loss(self.server_forward(a, up["side"]), tensor(up["y"], self.device))
-            loss.backward(torch.full_like(loss, weight))
-            assert a.grad is not None  # the backward reached the activation
-            grads.append(to_wire(a.grad))
-            losses.append(loss.item())
+        acts = [from_wire(up["a"], self.device, self.spec.dtype) for up in uploads]
+        flops = sum(3 * self.forward_flops(a, up["side"]) for a, up in zip(acts, uploads))  # forward + backward
+        fuse = self.spec.fuse_server and fusable(
+            [{"a": a, **to_tensors(up["side"], "cpu")} for a, up in zip(acts, uploads)]
+        )
+        grads, losses = (self.batched_backward if fuse else self.backward_each)(acts, uploads, weight)
         divisor = (k if cfg.server_grad_scale == "1/K^2" else 1) * (1 if cfg.cut_grad_scale == "1/K" else k)
         for p in self.params:
             if p.grad is not None and divisor != 1:
                 p.grad.div_(divisor)
         self.optimizer.step()
         return [*by_group(plan, grads, len(groups)), {"losses": losses, "flops": flops}]
+
+    def backward_each(self, acts: list[torch.Tensor], uploads: list[dict], weight: float) -> tuple[list, list]:
+        """Each client's loss and backward in turn (weight `weight`): (their cut gradients, their losses)."""
+        grads, losses = [], []
+        for a, up in zip(acts, uploads):
+            a.requires_grad_(True)
+            loss = self.loss(self.server_forward(a, up["side"]), tensor(up["y"], self.device))
+            loss.backward(torch.full_like(loss, weight))
+            assert a.grad is not None  # the backward reached the activation
+            grads.append(to_wire(a.grad))
+            losses.append(loss.item())
+        return grads, losses
+
+    def batched_backward(self, acts: list[torch.Tensor], uploads: list[dict], weight: float) -> tuple[list, list]:
+        """`backward_each` as one forward and one backward on the uploads concatenated (`runtime.fuse_server`): the
+        backward of sum_k weight x loss_k, each loss on its client's rows, so every gradient is the per-client sum
+        up to rounding."""
+        a = torch.cat(acts).requires_grad_(True)
+        side = {k: np.concatenate([up["side"][k] for up in uploads]) for k in uploads[0]["side"]}
+        sizes = [len(x) for x in acts]
+        logits = self.server_forward(a, side).split(sizes)
+        losses = [self.loss(out, tensor(up["y"], self.device)) for out, up in zip(logits, uploads)]
+        (weight * torch.stack(losses).sum()).backward()
+        assert a.grad is not None
+        return [to_wire(g) for g in a.grad.split(sizes)], [loss.item() for loss in losses]
 
     def update_client(self, seeds: np.ndarray, v_bar: np.ndarray) -> None:
         """(seeds, v_bar) applied to the server's copy of the client part, as every replica applies it."""

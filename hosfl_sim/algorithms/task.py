@@ -26,6 +26,8 @@ class TaskSpec:
     federation: FederationConfig
     seed: int
     device: str = "cpu"
+    fuse_clients: bool | str = "auto"  # runtime.fuse_clients; each client role resolves "auto" on its device
+    fuse_server: bool = False  # runtime.fuse_server
 
     def build_model(self) -> SplitModel:
         sample = {k: v[:1] for k, v in self.train.features.items()}
@@ -114,4 +116,3 @@ def count_flops(module: torch.nn.Module, *args: Any, **kwargs: Any) -> int:
 
 def shape_key(tensors: dict[str, torch.Tensor]) -> tuple:
     return tuple((k, tuple(v.shape)) for k, v in sorted(tensors.items()))
-    fuse_clients: bool | str = "auto"  # runtime.fuse_clients; each client role resolves "auto" on its device

@@ -375,6 +375,7 @@ class RuntimeConfig(ConfigModel):
     backend: Literal["ray", "local"] = "ray"  # local: everything in this process (debugging, tests)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA where given a GPU torch sees; cuda: refused else
     fuse_clients: bool | Literal["auto"] = "auto"  # a worker's clients as one batched forward; auto: on CUDA only
+    fuse_server: bool = False  # HO-SFL's server step on the K uploads as one batch (no BatchNorm in train mode)
     num_workers: int = 2  # ClientWorker actors; each serves any virtual client
     worker_num_cpus: float = 1.0
     worker_num_gpus: float = 0.0  # Ray backend: fractional GPUs per worker, which runs on it (none: on the CPU)

@@ -116,17 +116,17 @@ class Engine:
 
     def spec(self, index: int, seed: int) -> TaskSpec:
         sc = self.scenario
-        partition = partition_dataset(self.data.train.labels, sc.federation.num_clients, sc.task.partition, seed)
         return TaskSpec(
             model=sc.task.model,
             num_classes=self.data.train.num_classes,
             train=self.data.train,
             test=self.data.test,
-            partition=partition,
+            partition=partition_dataset(self.data.train.labels, sc.federation.num_clients, sc.task.partition, seed),
             algorithm=sc.algorithms[index],
             federation=sc.federation,
             seed=seed,
             fuse_clients=sc.runtime.fuse_clients,
+            fuse_server=sc.runtime.fuse_server,
         )
 
     def run_one(
