@@ -136,7 +136,8 @@ def load_yaml_file(path: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(where, "malformed YAML", f"valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever YAML says
+        raise ConfigError(where, "malformed YAML", f"valid YAML ({problem})") from None
     except RecursionError:
         raise ConfigError(str(path), "YAML nested too deeply", "a file of ordinary depth") from None
     return data

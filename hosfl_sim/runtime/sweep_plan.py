@@ -26,6 +26,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from hosfl_sim.config.identity import run_hash
 from hosfl_sim.config.load import SCENARIO_DIR, apply_override, load_raw, load_yaml_file, resolve_path
 from hosfl_sim.config.schema import directory_name
 
+MAX_GRID_POINTS = 10_000
 _SPEC_KEYS = ("name", "description", "base", "overrides", "seeds", "grid", "cpus_per_run", "gpus_per_run")
 
 
@@ -95,12 +97,17 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     base = str(beside) if beside.suffix in (".yaml", ".yml") and beside.exists() else str(resolve_path(base))
     grid = data.get("grid") or [{}]
     grid = [grid] if isinstance(grid, dict) else grid
+    if not isinstance(grid, list):
+        raise ConfigError("sweep.grid", grid, "a mapping of dotted keys to lists of values, or a list of them")
     for i, g in enumerate(grid):
         if not isinstance(g, dict):
             raise ConfigError(f"sweep.grid[{i}]", g, "a mapping of dotted keys to lists of values")
         for key, values in g.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"sweep.grid.{key}", values, "a non-empty list of values")
+    size = sum(math.prod(len(v) for v in g.values()) for g in grid)
+    if size > MAX_GRID_POINTS:  # each point is a scenario built and checked, then runs per seed and algorithm
+        raise ConfigError("sweep.grid", f"{size:,} points", f"at most {MAX_GRID_POINTS:,} grid points")
     overrides = data.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigError("sweep.overrides", overrides, "a mapping of dotted keys to values")
