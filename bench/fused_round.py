@@ -15,7 +15,10 @@ run after run alternating; round times are medians over rounds after warm-up (ro
    configurations (`CPU_CONFIGS`) is compared, the best named, against the loop at 1 and at 2 torch threads,
    whichever is faster; on CUDA ours is the local backend, fusion on.
 
-    python -m bench.fused_round [--quick | --full] [--parts 1 2 3] [--threads N]
+4. server batched ÷ per-client: the quickstart CNN's rounds with `runtime.fuse_server` (and with the clients fused
+   too) ÷ per-client rounds.
+
+    python -m bench.fused_round [--quick | --full] [--parts 1 2 3 4] [--threads N]
 """
 
 from __future__ import annotations
@@ -247,7 +250,26 @@ def ours_vs_reference(data: Path, args: argparse.Namespace, out: Path) -> list[s
     return lines
 
 
-PARTS = {1: fused_vs_per_client, 2: workers_sharing_a_gpu, 3: ours_vs_reference}
+def server_batched(data: Path, args: argparse.Namespace, out: Path) -> list[str]:
+    """The quickstart CNN (its server part has no BatchNorm): rounds with `runtime.fuse_server`, alone and with
+    the clients fused, / per-client rounds; one worker, `--threads` torch threads."""
+    variants = {"server batched": (False, True), "clients fused + server batched": (True, True)}
+    runtime = {"backend": "local", "num_workers": 1, "torch_threads": args.threads}
+    times: dict[tuple[bool, bool], list[float]] = {(False, False): [], **{v: [] for v in variants.values()}}
+    for rep in range(3):
+        for fc, fs in times:
+            sc = cnn_scenario("quickstart", 20, 10, 30, **runtime, fuse_clients=fc, fuse_server=fs)
+            times[fc, fs] += list(our_rounds(sc, out / f"{fc}{fs}{rep}")[0])
+    alone = median(times[False, False])
+    lines = []
+    for name, v in variants.items():
+        r = median(times[v]) / alone
+        detail = f"{1e3 * median(times[v]):.1f} vs {1e3 * alone:.1f} ms a round (K = 10, P = 5, batch 32)"
+        lines.append(ratio_line(f"{name} / per-client, cnn block1 digits", r, "< 1", r < 1, detail))
+    return lines
+
+
+PARTS = {1: fused_vs_per_client, 2: workers_sharing_a_gpu, 3: ours_vs_reference, 4: server_batched}
 
 
 def main() -> None:
