@@ -15,6 +15,8 @@ Measured wall time of a fused block is shared out by rows; a measured memory pea
 worker's first client. `auto` fuses on CUDA only. On this project's CPU fusion measured faster too (README,
 bench/fused_round.py: a worker draws each direction once, not once per client), but the CPU default stays the
 per-client path, which keeps per-client memory peaks and the exact numbers the golden files pin.
+
+`runtime.fuse_server` batches HO-SFL's server step the same way (HOSFLServer.batched_backward), off by default.
 """
 
 from __future__ import annotations
