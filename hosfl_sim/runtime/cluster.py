@@ -31,6 +31,16 @@ def check_address(address: str | None) -> None:
         raise ConfigError("runtime.address", address, f"a Ray cluster that answers there ({reason})") from None
 
 
+def answers(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether host:port accepts a connection (the head's GCS: without it no actor can be started or killed)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def check_resources(cfg: RuntimeConfig, available: dict[str, float]) -> None:
     """The pool and the server fit in the cluster's CPUs (and GPUs, where it has any), or one line with the
     numbers: Ray would otherwise wait for them without a word."""

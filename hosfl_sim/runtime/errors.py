@@ -12,3 +12,7 @@ class WorkerLost(RuntimeError):
 
 class ServerLost(RuntimeError):
     """The server died: its state is gone, the run cannot go on."""
+
+
+class ClusterLost(ServerLost):
+    """The Ray cluster can no longer hold the run: its head is gone, or no live node takes a replacement worker."""

@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +39,11 @@ from hosfl_sim.algorithms.backend import Backend
 from hosfl_sim.algorithms.base import Algorithm
 from hosfl_sim.algorithms.task import TaskSpec
 from hosfl_sim.config import ConfigError, RuntimeConfig
+from hosfl_sim.runtime import cluster
 from hosfl_sim.runtime.allocator import keep_freed_memory
 from hosfl_sim.runtime.cluster import check_nodes, check_resources, wait_placed
 from hosfl_sim.runtime.device import Placement, describe, place, require
-from hosfl_sim.runtime.errors import ServerLost, WorkerLost
+from hosfl_sim.runtime.errors import ClusterLost, ServerLost, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,14 @@ class RoleHost:
         return os.getpid()
 
 
+def _alive(ping: ray.ObjectRef) -> bool:
+    try:
+        ray.get(ping)
+        return True
+    except ray.exceptions.RayActorError:
+        return False
+
+
 ClientWorker = ray.remote(RoleHost)
 ServerActor = ray.remote(RoleHost)
 
@@ -80,6 +90,8 @@ def init_ray(cfg: RuntimeConfig) -> bool:
         return False
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "4")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # calls abandoned with a dead actor fail by design; the backend reads every call it needs (take_later)
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     if cfg.address:
         ray.init(address=cfg.address, **kwargs)
@@ -130,6 +142,7 @@ class RayBackend(Backend):
             num_cpus=cfg.server_num_cpus, num_gpus=sgpu, max_restarts=0
         ).remote(cfg.torch_threads)
         self._setup: tuple[type[Algorithm], ray.ObjectRef] | None = None
+        self.head = ray.get_runtime_context().gcs_address
         try:
             wait_placed([a.pid.remote() for a in [*self.workers, self.server_actor]], cfg, free)
         except ConfigError:
@@ -150,13 +163,30 @@ class RayBackend(Backend):
         return describe(server, workers)
 
     def reset_workers(self, dead: list[int]) -> None:
-        """New actors in place of the `dead` ones, then every worker's role rebuilt fresh."""
+        """New actors in place of the `dead` ones, then every worker's role rebuilt fresh. A replacement that dies
+        as it starts (Ray placed it on a node whose loss it has not seen yet) is started again, for up to
+        PLACE_TIMEOUT_S; ClusterLost when the head is gone or no live node takes one by then."""
         assert self._setup is not None, "reset_workers before setup"
         algorithm, ref = self._setup
-        for w in dead:
-            ray.kill(self.workers[w], no_restart=True)
-            self.workers[w] = self._new_worker()
+        deadline = time.monotonic() + cluster.PLACE_TIMEOUT_S
+        while dead:
+            self._check_head()  # without the head no actor starts: Ray would wait 60 s, then end this process
+            for w in dead:
+                ray.kill(self.workers[w], no_restart=True)
+                self.workers[w] = self._new_worker()
+            pings = {w: self.workers[w].pid.remote() for w in dead}
+            left = max(deadline - time.monotonic(), 0.0)
+            _, waiting = ray.wait(list(pings.values()), num_returns=len(pings), timeout=left)
+            if waiting:
+                raise ClusterLost(f"no live node took replacement worker(s) {dead} in {cluster.PLACE_TIMEOUT_S:g} s")
+            dead = [w for w, ping in pings.items() if not _alive(ping)]
+            if dead:
+                time.sleep(1.0)  # for Ray to see the node gone
         self.get([w.setup.remote(algorithm.client_role, ref, self.device) for w in self.workers])
+
+    def _check_head(self) -> None:
+        if not cluster.answers(self.head):
+            raise ClusterLost(f"the Ray cluster's head at {self.head} is gone")
 
     def client(self, worker: int, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return self.workers[worker].call.options(num_returns=num_returns).remote(method, *args)
@@ -175,6 +205,7 @@ class RayBackend(Backend):
             except ray.exceptions.RayActorError:
                 dead.append(i)
         if self.num_workers in dead:
+            self._check_head()  # the head's loss takes its actors: name the cause
             return ServerLost("the server actor died")
         return WorkerLost(dead) if dead else None
 
