@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,7 +26,9 @@ def _resume_target(args: argparse.Namespace) -> tuple[Scenario, Path, dict | Non
     overrides, source = list(args.overrides), args.scenario
     if source is not None and "=" in source:  # `run --resume DIR KEY=VALUE`: no scenario given
         overrides, source = [source, *overrides], None
-    manifest = json.loads(manifests[0].read_text())
+    from hosfl_sim.record.manifest import read_manifest
+
+    manifest = read_manifest(manifests[0].parent)
     scenario = load_scenario(source if source is not None else manifest["scenario"], overrides)
     return scenario, run_dir, manifest if single.exists() else None
 
@@ -115,6 +116,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from hosfl_sim.plots import load_runs, save_all
 
+    for path in args.paths:
+        if not Path(path).exists():
+            raise ConfigError("paths", path, "an existing run or output directory")
     runs = load_runs(args.paths)
     if runs.rounds.empty:
         print(f"no runs with rounds.parquet under {', '.join(args.paths)}", file=sys.stderr)

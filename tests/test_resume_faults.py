@@ -67,8 +67,8 @@ def test_a_server_that_dies_before_the_first_checkpoint_says_so(tmp_path):
 
 
 def test_a_run_that_fails_is_recorded_and_the_other_runs_still_go(tmp_path, capsys):
-    """One algorithm's run raises mid-way (a bug, an overflow): its manifest says failed and why, and the scenario's
-    other runs still complete (the CLI then ends with exit 1, naming the failed run)."""
+    """One algorithm's run raises mid-way (a bug; an overflow is a divergence instead): its manifest says failed
+    and why, and the scenario's other runs still complete (the CLI then ends with exit 1, naming the failed run)."""
     from hosfl_sim.algorithms.hosfl import HOSFLServer
 
     class HOSFLServerFails(LocalBackend):
@@ -78,7 +78,7 @@ def test_a_run_that_fails_is_recorded_and_the_other_runs_still_go(tmp_path, caps
             if method is HOSFLServer.train_step:
                 self.steps += 1
                 if self.steps == 3:
-                    raise FloatingPointError("overflow in the server step")
+                    raise KeyError("a bug in the server step")
             return super().server(method, *args, num_returns=num_returns)
 
     algos = [{"name": "hosfl", "perturbations": 2}, {"name": "sfl"}]
@@ -86,7 +86,7 @@ def test_a_run_that_fails_is_recorded_and_the_other_runs_still_go(tmp_path, caps
     summaries = Engine(sc, backend=HOSFLServerFails(2), progress=False).run_all(tmp_path)
     assert [(s.algorithm, s.status, s.rounds) for s in summaries] == [("hosfl", "failed", 2), ("sfl", "completed", 4)]
     record = json.loads((summaries[0].run_dir / "manifest.json").read_text())
-    assert record["status"] == "failed" and "overflow in the server step" in record["error"]
+    assert record["status"] == "failed" and "a bug in the server step" in record["error"]
 
 
 @pytest.mark.parametrize("where", ["under a file", "read-only"])
@@ -111,3 +111,24 @@ def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path
     assert len(err) == 1 and err[0].startswith("error: --out:")
     assert ("is a file" in err[0]) if where == "under a file" else ("no write permission" in err[0])
     assert not (parent / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("{not json", "valid JSON"),
+        ("[1, 2]", "a JSON object (it holds a list)"),
+        ('{"status": "completed"}', "with scenario, algorithm, algorithm_index, seed"),
+    ],
+)
+def test_a_damaged_manifest_is_refused_in_one_line_by_resume_and_plot(tmp_path, capsys, content, says):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(content)
+    commands = [(["run", "--resume", str(tmp_path / "run")], "--resume")]
+    commands += [(["plot", str(tmp_path)], "paths")] if "JSON" in says else []  # plots read any JSON object
+    for args, field in commands:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {field}: got") and says in err[0], err
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "expected an existing run or output directory" in capsys.readouterr().err

@@ -6,13 +6,14 @@ beside it. Runs may be nested at any depth (a scenario's output dir, a sweep dir
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from hosfl_sim.record.manifest import read_manifest
 
 MANIFEST = "manifest.json"
 ROUNDS = "rounds.parquet"
@@ -138,7 +139,7 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
     """
     loaded: list[tuple[dict, pd.DataFrame, pd.DataFrame | None]] = []
     for run_dir in find_runs(paths):
-        manifest = json.loads((run_dir / MANIFEST).read_text())
+        manifest = read_manifest(run_dir, "paths", complete=False)
         rounds = _read_parquet(run_dir / ROUNDS)
         if rounds is None:
             continue

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hosfl_sim.config import Scenario, config_hash, to_dict
+from hosfl_sim.config import ConfigError, Scenario, config_hash, to_dict
 
 _PACKAGES = ("hosfl_sim", "torch", "ray", "numpy", "pandas", "pyarrow", "transformers", "peft", "datasets")
 
@@ -75,5 +75,25 @@ def build_manifest(
     }
 
 
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
+# what every reader of a manifest relies on, and its type
+_REQUIRED = {"scenario": dict, "algorithm": str, "algorithm_index": int, "seed": int, "status": str}
+
+
+def read_manifest(run_dir: str | Path, field: str = "--resume", complete: bool = True) -> dict[str, Any]:
+    """A run's manifest.json; one that is unreadable, not JSON or (`complete`) lacks what a run records is a
+    one-line ConfigError naming `field` and the file (a hand-edited or truncated manifest is never half-used)."""
+    path = Path(run_dir) / "manifest.json"
+    expected = "a manifest.json written by hosfl-sim"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(field, str(path), f"{expected}, readable ({type(e).__name__})") from None
+    except ValueError as e:
+        raise ConfigError(field, str(path), f"{expected}, valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(field, str(path), f"{expected}: a JSON object (it holds a {type(data).__name__})")
+    required = _REQUIRED.items() if complete else ()
+    wrong = [k for k, tp in required if not isinstance(data.get(k), tp) or isinstance(data.get(k), bool)]
+    if wrong:
+        raise ConfigError(field, str(path), f"{expected}, with {', '.join(wrong)} (missing or of another type)")
+    return data
