@@ -142,6 +142,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from hosfl_sim.runtime.sweep import run_sweep
+    from hosfl_sim.runtime.sweep_stop import exit_status
 
     result = run_sweep(args.sweep, args.out, address=args.address, resume=args.resume)
     done = [result.dir / p for p in result.index.loc[result.index["status"] != "failed", "path"]]
@@ -156,9 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             paths = save_all(runs, result.dir / "figures")
             print(f"figures: {result.dir / 'figures'} ({len(paths)} files)")
     print(f"\nsweep index: {result.dir / 'sweep_index.parquet'}")
-    for path in result.failed:
-        print(f"failed: {path} (see {result.dir / path / 'error.txt'})", file=sys.stderr)
-    return 1 if result.failed else 0
+    return exit_status(result, f"hosfl-sim sweep {args.sweep} --out {result.dir} --resume")  # 130 after Ctrl-C
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -148,6 +152,63 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, ray_session, 
     assert "no_such_algorithm" in index.loc["no_such_algorithm", "error"]
     assert "no_such_algorithm" in (out / index.loc["no_such_algorithm", "path"] / "error.txt").read_text()
     assert "failed 1" in capsys.readouterr().out
+
+
+def _interrupt_once(out: Path, done: threading.Event) -> None:
+    """SIGINT to this process once a run has completed and another is running (as Ctrl-C would)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not done.is_set():
+        status = {json.loads(m.read_text()).get("status") for m in out.glob("*/*/manifest.json") if m.stat().st_size}
+        if {"completed", "running"} <= status:
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_a_sweep_and_resume_runs_only_what_is_unfinished(tmp_path, ray_session, capsys):
+    """A real SIGINT while the sweep runs (one run completed, one running, one queued): the running run stops after
+    its round with a checkpoint, the queued one does not start, the index and manifests say `interrupted`, and the
+    CLI prints the resume command and exits 130. `--resume` keeps the completed run as it was, continues the
+    interrupted one from its checkpoint and runs the queued one."""
+    fed = {"num_clients": 4, "clients_per_round": 2, "batch_size": 8, "eval_every": 100}
+    sweep = _write_sweep(
+        tmp_path, {"federation.rounds": [2, 300, 301]}, cpus=_all_cpus(ray_session), federation=fed,
+        algorithms=[{"name": "sfl", "label": "SFL"}], runtime={"backend": "local", "num_workers": 1},
+    )  # fmt: skip
+    out = tmp_path / "sweep"
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # a signal sent after the sweep ended is dropped
+    done = threading.Event()
+    try:
+        threading.Thread(target=_interrupt_once, args=(out, done), daemon=True).start()
+        assert main(["sweep", str(sweep), "--out", str(out)]) == 130
+    finally:
+        done.set()
+        signal.signal(signal.SIGINT, previous)
+    assert f"continue with: hosfl-sim sweep {sweep} --out {out} --resume" in capsys.readouterr().err
+    index = pd.read_parquet(out / INDEX).set_index("path")["status"].to_dict()
+    assert sorted(index.values()) == ["completed", "interrupted", "interrupted"]
+    (finished,) = [p for p, s in index.items() if s == "completed"]
+    stopped = [p for p in index if (out / p / "manifest.json").exists() and p != finished]
+    (queued,) = [p for p in index if p not in (finished, *stopped)]
+    (stopped,) = stopped
+    m = json.loads((out / stopped / "manifest.json").read_text())
+    rounds = pd.read_parquet(out / stopped / "rounds.parquet")
+    assert m["status"] == "interrupted" and 1 <= m["checkpoint_round"] == len(rounds) < 300
+    assert (out / stopped / "checkpoint.pt").exists() and not any((out / queued).glob("*"))
+    before = _manifests(out)
+
+    assert main(["sweep", str(sweep), "--out", str(out), "--resume"]) == 0
+    assert "1 complete already, 2 to run" in capsys.readouterr().out
+    after = _manifests(out)
+    assert after[finished] == before[finished]  # not run again
+    resumed = json.loads(after[stopped])
+    assert resumed["resumed"] == [{"after_round": m["checkpoint_round"], "at": resumed["resumed"][0]["at"]}]
+    assert "resumed" not in json.loads(after[queued])
+    for p in (stopped, queued):
+        rounds = pd.read_parquet(out / p / "rounds.parquet")["round"].tolist()
+        assert rounds == list(range(1, len(rounds) + 1)) and len(rounds) in (300, 301)
+        assert not (out / p / "checkpoint.pt").exists()
+    assert set(pd.read_parquet(out / INDEX)["status"]) == {"completed"}
 
 
 def test_a_run_larger_than_the_instance_is_refused(tmp_path, ray_session):

@@ -23,6 +23,7 @@ from hosfl_sim.reproduce.resources import (
 from hosfl_sim.reproduce.tables import model_cells, preflight, table_sweep
 from hosfl_sim.runtime.sweep import run_sweep
 from hosfl_sim.runtime.sweep_plan import SweepSpec, check_gpus_per_run
+from hosfl_sim.runtime.sweep_stop import exit_status
 
 
 def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
@@ -42,9 +43,7 @@ def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
     print()
     print(text)
     print(f"written: {result.dir / 'reproduce.md'}, reproduce.csv, reproduce.png")
-    for path in result.failed:
-        print(f"failed: {path} (see {result.dir / path / 'error.txt'})", file=sys.stderr)
-    return 1 if result.failed else 0
+    return exit_status(result, f"hosfl-sim reproduce {args.table} (the same options) --out {result.dir} --resume")
 
 
 def on_device(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
@@ -90,6 +89,8 @@ def _reproduce_resources(args: argparse.Namespace, overrides: dict, out: Path) -
         spec = on_device(communication_sweep(table_sweep(name, 1.0, None, args.data, None, overrides, cells)), args)
         preflight(spec)
         result = run_sweep(spec, out / name, address=args.address, resume=args.resume)
+        if result.interrupted:  # Ctrl-C: the other table's sweep does not start
+            return exit_status(result, f"hosfl-sim reproduce communication (the same options) --out {out} --resume")
         frames.append(communication_table(result.dir))
         failed += [f"{name}/{p}" for p in result.failed]
     table = pd.concat(frames, ignore_index=True)

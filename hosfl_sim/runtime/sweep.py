@@ -35,9 +35,11 @@ from typing import Any
 import pandas as pd
 
 from hosfl_sim.config import ConfigError, load_scenario, to_dict
+from hosfl_sim.runtime.checkpoint import FILE as CHECKPOINT
 from hosfl_sim.runtime.checks import check_output_dir
 from hosfl_sim.runtime.sweep_index import INDEX, final_metrics, index_row, is_complete, write_index
 from hosfl_sim.runtime.sweep_plan import PlannedRun, SweepSpec, load_sweep_spec, plan_sweep
+from hosfl_sim.runtime.sweep_stop import POLL_S, SweepStop, cancel_at_once, stop_requested, watch_stop
 
 SWEEP_JSON = "sweep.json"
 TOKEN = ".sweep_token"  # a run whose node reads the same token sees the sweep directory
@@ -54,25 +56,36 @@ class SweepResult:
     def failed(self) -> list[str]:
         return self.index.loc[self.index["status"] == "failed", "path"].tolist()
 
+    @property
+    def interrupted(self) -> list[str]:  # stopped by Ctrl-C: `--resume` continues them
+        return self.index.loc[self.index["status"] == "interrupted", "path"].tolist()
+
 
 # ----------------------------------------------------------------------------- one run (a Ray task)
 
 
 def _run_task(
-    scenario: dict, index: int, seed: int, run_dir: str, overrides: dict, token_file: str, token: str
-) -> Iterator[tuple[str, Any]]:
+    scenario: dict, index: int, seed: int, run_dir: str, overrides: dict, token_file: str, token: str,
+    resume: bool = False, given: dict[str, bytes] | None = None,
+) -> Iterator[tuple[str, Any]]:  # fmt: skip
     """Yields ("started", host), then ("finished", {status, error, files}). Never raises for a run's
     own failure: the error is part of the result, so the sweep carries on. The scenario travels as
-    a plain mapping and is checked again here, where the node's own copy of the package runs it."""
+    a plain mapping and is checked again here, where the node's own copy of the package runs it. `resume`: go on
+    from the run's checkpoint (`given`: its files, for a node that cannot see them); a stop: sweep_stop.py."""
     yield "started", socket.gethostname()  # the node it runs on, for the index
     from hosfl_sim.runtime.backends import make_backend
     from hosfl_sim.runtime.engine import Engine
 
+    if stop_requested(token):  # stopped while this run was queued: it stays as it was
+        yield "finished", {"status": "interrupted", "error": None, "files": None}
+        return
     try:
         shared = Path(token_file).read_text() == token
     except OSError:
         shared = False
     target = Path(run_dir) if shared else Path(tempfile.mkdtemp(prefix="hosfl-run-"))
+    for name, data in (given or {}).items() if not shared else ():
+        (target / name).write_bytes(data)
     status, error = "failed", None
     try:
         sc = load_scenario(scenario)
@@ -80,7 +93,8 @@ def _run_task(
 
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else None  # the GPUs Ray gave this task: none, some
         engine = Engine(sc, make_backend(sc, gpu_ids))  # no terminal in a task: a progress line every 30 s
-        status = engine.run_one(index, seed, target, overrides).status
+        with watch_stop(engine, token):
+            status = engine.run_one(index, seed, target, overrides, resume=resume).status
     except Exception:
         error = traceback.format_exc()
     files = None
@@ -127,7 +141,7 @@ def run_sweep(
         index = write_index(out, list(rows.values()))
         log(f"sweep {spec.name}: {len(runs)} runs, {len(skipped)} complete already, {len(todo)} to run; {out}")
         if todo:
-            _schedule(todo, out, rows, log)
+            _schedule(todo, out, rows, log, resume)
             index = write_index(out, list(rows.values()))
     finally:
         if started_ray:
@@ -171,8 +185,9 @@ def hub_environment() -> dict[str, str]:
     return {k: os.environ[k] for k in HUB_VARIABLES if k in os.environ}
 
 
-def _submit(todo: list[PlannedRun], out: Path, token: str) -> dict[Any, PlannedRun]:
-    """One streaming Ray task per run (each from an empty run directory): its stream -> the run."""
+def _submit(todo: list[PlannedRun], out: Path, token: str, resume: bool) -> dict[Any, PlannedRun]:
+    """One streaming Ray task per run (each from an empty run directory, or on `resume` from its checkpoint where
+    it has one): its stream -> the run."""
     import ray
 
     task = ray.remote(num_returns="streaming")(_run_task)
@@ -180,9 +195,12 @@ def _submit(todo: list[PlannedRun], out: Path, token: str) -> dict[Any, PlannedR
     options = {"runtime_env": {"env_vars": env}} if env else {}
     pending: dict[Any, PlannedRun] = {}
     for r in todo:
-        shutil.rmtree(out / r.path, ignore_errors=True)  # a rerun starts from an empty directory
+        again = resume and (out / r.path / CHECKPOINT).is_file()  # interrupted: it goes on from its checkpoint
+        if not again:
+            shutil.rmtree(out / r.path, ignore_errors=True)  # a rerun starts from an empty directory
+        given = {p.name: p.read_bytes() for p in (out / r.path).iterdir() if p.is_file()} if again else None
         gen = task.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus, name=f"sweep:{r.path}", **options).remote(
-            to_dict(r.scenario), r.index, r.seed, str(out / r.path), r.overrides, str(out / TOKEN), token
+            to_dict(r.scenario), r.index, r.seed, str(out / r.path), r.overrides, str(out / TOKEN), token, again, given
         )
         pending[gen] = r
     return pending
@@ -199,6 +217,7 @@ class _Tally:
     running: set[str] = field(default_factory=set)
     done: int = 0
     failed: int = 0
+    interrupted: int = 0
     start: float = field(default_factory=time.perf_counter)
 
     def started(self, r: PlannedRun, host: str) -> None:
@@ -209,6 +228,8 @@ class _Tally:
         """A run ended: its files (those sent back) in its directory, its row final, the index written."""
         run_dir = self.out / r.path
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (p for p in run_dir.iterdir() if files is not None and p.is_file() and p.name not in files):
+            stale.unlink()  # sent back: the run's files are those it ended with (a resumed run's checkpoint is gone)
         for name, data in (files or {}).items():
             (run_dir / (name + ".tmp")).write_bytes(data)
             os.replace(run_dir / (name + ".tmp"), run_dir / name)
@@ -216,18 +237,20 @@ class _Tally:
             (run_dir / "error.txt").write_text(error)
             self.log(f"  failed: {r.path}: {error.strip().splitlines()[-1]}")
         self.running.discard(r.path)
-        if status == "failed":
-            self.failed += 1
+        if status in ("failed", "interrupted"):
+            setattr(self, status, getattr(self, status) + 1)
         else:
             self.done += 1
         self.rows[r.path] = {**self.rows[r.path], "status": status, **final_metrics(run_dir), "error": error}
         write_index(self.out, list(self.rows.values()))
 
     def report(self) -> None:
-        queued = self.total - self.done - self.failed - len(self.running)
+        ended = self.done + self.failed + self.interrupted
+        queued = self.total - ended - len(self.running)
+        stopped = f", interrupted {self.interrupted}" if self.interrupted else ""
         self.log(
-            f"  [{self.done + self.failed}/{self.total}] done {self.done}, "
-            f"running {len(self.running)}, failed {self.failed}, queued {queued}"
+            f"  [{ended}/{self.total}] done {self.done}, "
+            f"running {len(self.running)}, failed {self.failed}{stopped}, queued {queued}"
             f"  ({time.perf_counter() - self.start:.0f} s)"
         )
 
@@ -248,41 +271,30 @@ def _advance(gen: Any, r: PlannedRun, tally: _Tally) -> bool:
     return False
 
 
-def _interrupt(pending: dict[Any, PlannedRun], out: Path, rows: dict) -> None:
-    """The driver stops early: the runs not ended are marked interrupted and cancelled, the index written."""
-    import ray
-
-    for gen, r in pending.items():
-        if rows[r.path]["status"] in ("pending", "running"):
-            rows[r.path]["status"] = "interrupted"
-            try:
-                ray.cancel(gen, force=True)
-            except Exception:  # already finished or gone
-                pass
-    write_index(out, list(rows.values()))
-
-
-def _schedule(todo: list[PlannedRun], out: Path, rows: dict, log: Callable[[str], None]) -> None:
+def _schedule(todo: list[PlannedRun], out: Path, rows: dict, log: Callable[[str], None], resume: bool) -> None:
     import ray
 
     have = ray.cluster_resources()
     token = uuid.uuid4().hex
     (out / TOKEN).write_text(token)
-    pending = _submit(todo, out, token)
+    pending = _submit(todo, out, token, resume)
     per_run = f"{todo[0].num_cpus:g} CPU(s)" + (f" and {todo[0].num_gpus:g} GPU(s)" if todo[0].num_gpus else "")
     cluster = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
     log(f"  {len(todo)} tasks on a Ray cluster of {cluster}, {per_run} per run")
     tally = _Tally(out, rows, len(todo), log)
     try:
-        waiting = list(pending)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            for gen in ready:
-                if _advance(gen, pending[gen], tally):
-                    waiting.append(gen)
-                tally.report()
-    except BaseException:
-        _interrupt(pending, out, rows)
-        raise
+        with SweepStop(token, log) as stop:  # Ctrl-C: the runs stop after their round (sweep_stop.py)
+            waiting = list(pending)
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1, timeout=POLL_S)  # wakes to pass a stop on
+                stop.send()
+                for gen in ready:
+                    if _advance(gen, pending[gen], tally):
+                        waiting.append(gen)
+                    tally.report()
+    except BaseException as e:
+        cancel_at_once(pending, out, rows)
+        if not isinstance(e, KeyboardInterrupt):  # a second Ctrl-C: the runs are cancelled, the sweep returns
+            raise
     finally:
         (out / TOKEN).unlink(missing_ok=True)
