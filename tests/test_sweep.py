@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -88,6 +89,30 @@ def test_a_run_on_a_node_without_the_sweep_dir_sends_its_files_back(tmp_path):
     result = events[1][1]
     assert result["status"] == "completed" and result["error"] is None
     assert {"manifest.json", "rounds.parquet", "clients.parquet"} <= set(result["files"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_run_resumes_from_its_files_on_a_node_without_the_sweep_dir(tmp_path):
+    """`--resume` sends an interrupted run's files (its checkpoint among them) to a node that cannot see the
+    sweep directory: the run goes on from the checkpoint there, to the numbers of a run never interrupted."""
+    from hosfl_sim.runtime.engine import Engine
+
+    (run,) = [r for r in plan_sweep(load_sweep_spec(_write_sweep(tmp_path, {}))) if r.algorithm == "SFL"]
+    engine = Engine(run.scenario, progress=False)
+    engine.request_stop()  # as a first Ctrl-C does: round 1, a checkpoint, interrupted
+    stopped = engine.run_one(run.index, run.seed, tmp_path / "stopped", run.overrides)
+    assert stopped.status == "interrupted" and stopped.rounds == 1
+    given = {p.name: p.read_bytes() for p in (tmp_path / "stopped").iterdir() if p.is_file()}
+    assert "checkpoint.pt" in given
+    (tmp_path / "token").write_text("this node's token")
+    args = (to_dict(run.scenario), run.index, run.seed, str(tmp_path / "run"), run.overrides, str(tmp_path / "token"))
+    _, (_, resumed) = _run_task(*args, "x", True, given)
+    _, (_, fresh) = _run_task(*args, "y")
+    assert resumed["status"] == fresh["status"] == "completed" and "checkpoint.pt" not in resumed["files"]
+    assert json.loads(resumed["files"]["manifest.json"])["resumed"][0]["after_round"] == 1
+    wall = ["wall_time_s", "wall_compute_s", "memory_overhead_s"]
+    a, b = (pd.read_parquet(io.BytesIO(r["files"]["rounds.parquet"])) for r in (resumed, fresh))
+    pd.testing.assert_frame_equal(a.drop(columns=wall, errors="ignore"), b.drop(columns=wall, errors="ignore"))
     assert not (tmp_path / "run").exists()
 
 
