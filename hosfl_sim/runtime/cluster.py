@@ -93,13 +93,13 @@ def wait_placed(pings: list, cfg: RuntimeConfig, free: dict[str, float]) -> None
     _, waiting = ray.wait(pings, num_returns=len(pings), timeout=first)
     if waiting and timeout_s > first:
         log.warning(
-            "%d of %d actors wait for a place: the cluster has %g CPUs free, the run asks for %g; waiting up to %g s",
-            len(waiting), len(pings), free.get("CPU", 0.0), asked, timeout_s,
+            "%d of %d actors have not started after %g s: the cluster has %g CPUs free, the run asks for %g; "
+            "waiting up to %g s", len(waiting), len(pings), first, free.get("CPU", 0.0), asked, timeout_s,
         )  # fmt: skip
         _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=timeout_s - first)
     if waiting:
         expected = (
-            f"a pool the cluster can place: {len(waiting)} of {len(pings)} actors found no node in {timeout_s:g} s "
-            f"(the cluster had {free.get('CPU', 0.0):g} CPUs free, the run asks for {asked:g})"
+            f"a pool the cluster can place: {len(waiting)} of {len(pings)} actors had not started after "
+            f"{timeout_s:g} s (the cluster had {free.get('CPU', 0.0):g} CPUs free, the run asks for {asked:g})"
         )
         raise ConfigError("runtime.worker_num_cpus", cfg.worker_num_cpus, expected)
