@@ -221,3 +221,50 @@ def test_actors_that_find_no_place_are_refused_after_a_bounded_wait_with_the_num
         )
     finally:
         ray_session.kill(holder)
+
+
+def test_a_lost_worker_no_node_can_replace_fails_the_run_in_one_line(ray_session, monkeypatch, tmp_path):
+    """Worker 1 dies in round 3 and another job takes its CPU at once: the replacement finds no place, and the run
+    ends failed (ClusterLost, a ServerLost: no further run starts) after a bounded wait instead of waiting on."""
+    from hosfl_sim.algorithms.hosfl import HOSFLClient
+    from hosfl_sim.config import load_scenario
+    from hosfl_sim.record import read_manifest
+    from hosfl_sim.runtime import Engine
+    from hosfl_sim.runtime import cluster as cluster_checks
+    from hosfl_sim.runtime.errors import ServerLost
+    from hosfl_sim.runtime.ray_backend import RayBackend
+    from tests.conftest import tiny_scenario
+
+    @ray_session.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    class KillAndTake(RayBackend):
+        calls, holder = 0, None
+
+        def client(self, worker, method, *args, num_returns=1):
+            if worker == 1 and method is HOSFLClient.each_of:  # once a round (worker 1 serves one client)
+                self.calls += 1
+                if self.calls == 3:
+                    ray_session.kill(self.workers[1], no_restart=True)
+                    free = ray_session.cluster_resources()["CPU"] - 2  # all but the server's and worker 0's
+                    self.holder = Holder.options(num_cpus=free).remote()
+                    ray_session.get(self.holder.ready.remote())
+            return super().client(worker, method, *args, num_returns=num_returns)
+
+    fed = {"num_clients": 8, "clients_per_round": 3, "rounds": 5, "batch_size": 16, "eval_every": 1}
+    sc = load_scenario(tiny_scenario(federation=fed, runtime={"backend": "ray", "num_workers": 2}))
+    backend = KillAndTake(sc.runtime)
+    monkeypatch.setattr(cluster_checks, "PLACE_TIMEOUT_S", 2.0)
+    try:
+        with pytest.raises(ServerLost) as e:
+            Engine(sc, backend=backend, progress=False).run_all(tmp_path)
+        assert "hosfl seed 0: no live node took replacement worker(s) [1] in 2 s" in str(e.value)
+        manifest = read_manifest(tmp_path / "hosfl_seed0")
+        assert manifest["status"] == "failed" and "no live node took" in manifest["error"]
+        assert manifest["rounds_completed"] == 2
+    finally:
+        if backend.holder is not None:
+            ray_session.kill(backend.holder)
+        backend.shutdown()
