@@ -10,7 +10,11 @@ submitter in the order they were submitted, so its answer means every earlier ca
 (no task of an abandoned round can still change the server afterwards); a dead actor answers
 with an error. Then WorkerLost (client workers died) or ServerLost is raised; an error with
 every actor alive is the call's own and is raised as it is. `reset_workers` starts actors in
-place of the dead ones and rebuilds every worker's role.
+place of the dead ones (on a live node: one Ray placed on a lost node is started again) and rebuilds every
+worker's role. ClusterLost (a ServerLost) when the head no longer answers (without it no actor starts, and Ray
+would end this process after 60 s) or no live node takes a replacement within cluster.PLACE_TIMEOUT_S.
+
+Without runtime.address a run starts its own instance, also where `ray start` left one that Ray would join.
 
 Network: the dashboard is off. Ray's own processes still listen on TCP: the GCS, the raylet,
 each worker's gRPC server and the runtime-env and dashboard agents, on all interfaces or the
@@ -142,7 +146,7 @@ class RayBackend(Backend):
             num_cpus=cfg.server_num_cpus, num_gpus=sgpu, max_restarts=0
         ).remote(cfg.torch_threads)
         self._setup: tuple[type[Algorithm], ray.ObjectRef] | None = None
-        self.head = ray.get_runtime_context().gcs_address
+        self.head: str | None = getattr(ray.get_runtime_context(), "gcs_address", None)  # none through ray://
         try:
             wait_placed([a.pid.remote() for a in [*self.workers, self.server_actor]], cfg, free)
         except ConfigError:
@@ -185,7 +189,7 @@ class RayBackend(Backend):
         self.get([w.setup.remote(algorithm.client_role, ref, self.device) for w in self.workers])
 
     def _check_head(self) -> None:
-        if not cluster.answers(self.head):
+        if self.head and not cluster.answers(self.head):
             raise ClusterLost(f"the Ray cluster's head at {self.head} is gone")
 
     def client(self, worker: int, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
