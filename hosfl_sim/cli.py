@@ -28,7 +28,7 @@ def _resume_target(args: argparse.Namespace) -> tuple[Scenario, Path, dict | Non
         overrides, source = [source, *overrides], None
     from hosfl_sim.record.manifest import read_manifest
 
-    manifest = read_manifest(manifests[0].parent)
+    manifest = read_manifest(manifests[0].parent, complete=True)
     scenario = load_scenario(source if source is not None else manifest["scenario"], overrides)
     return scenario, run_dir, manifest if single.exists() else None
 

@@ -139,7 +139,7 @@ def load_runs(paths: Iterable[str | Path]) -> RunSet:
     """
     loaded: list[tuple[dict, pd.DataFrame, pd.DataFrame | None]] = []
     for run_dir in find_runs(paths):
-        manifest = read_manifest(run_dir, "paths", complete=False)
+        manifest = read_manifest(run_dir, "paths")
         rounds = _read_parquet(run_dir / ROUNDS)
         if rounds is None:
             continue

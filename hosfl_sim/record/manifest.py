@@ -79,7 +79,7 @@ def build_manifest(
 _REQUIRED = {"scenario": dict, "algorithm": str, "algorithm_index": int, "seed": int, "status": str}
 
 
-def read_manifest(run_dir: str | Path, field: str = "--resume", complete: bool = True) -> dict[str, Any]:
+def read_manifest(run_dir: str | Path, field: str = "--resume", complete: bool = False) -> dict[str, Any]:
     """A run's manifest.json; one that is unreadable, not JSON or (`complete`) lacks what a run records is a
     one-line ConfigError naming `field` and the file (a hand-edited or truncated manifest is never half-used)."""
     path = Path(run_dir) / "manifest.json"

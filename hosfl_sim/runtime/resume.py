@@ -36,7 +36,7 @@ def resume_state(scenario: Scenario, index: int, seed: int, run_dir: Path) -> Ru
     """A run that ended (kept as is), a checkpoint to go on from, or None (start afresh)."""
     if not (run_dir / "manifest.json").exists():
         return None
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir, complete=True)
     want = run_hash(to_dict(scenario), index, seed)
     expected = "a run directory of this scenario, algorithm and seed (its configuration differs)"
     if run_hash(manifest["scenario"], manifest["algorithm_index"], manifest["seed"]) != want:
@@ -104,6 +104,9 @@ def after_server_loss(run_dir: Path, checkpoint_round: int | None, checkpoint_ev
 def failed_run(run_dir: Path, seed: int, error: Exception) -> RunSummary:
     """The summary of a run that raised `error` (its manifest, written as it failed, holds the reason)."""
     log.error("%s failed: %s: %s", run_dir.name, type(error).__name__, error)
-    manifest = read_manifest(run_dir) if (run_dir / "manifest.json").exists() else {}
+    try:
+        manifest = read_manifest(run_dir)
+    except ConfigError:  # never written, or written only in part as the run failed
+        manifest = {}
     rounds = int(manifest.get("rounds_completed") or 0)
     return RunSummary(manifest.get("algorithm", run_dir.name), seed, run_dir, "failed", rounds, {})
