@@ -84,18 +84,19 @@ def check_nodes(cfg: RuntimeConfig, node_cpus: list[float]) -> None:
 def wait_placed(pings: list, cfg: RuntimeConfig, free: dict[str, float]) -> None:
     """Wait up to PLACE_TIMEOUT_S for the actors behind `pings` to start (an autoscaling cluster may add a node);
     those still waiting then are refused with the numbers (`free`: the cluster's before they were asked for),
-    as Ray would wait for them without end. Said at once where they do not start within seconds."""
+    as Ray would wait for them without end. A warning after 10 s where the cluster had too few CPUs free."""
     import ray
 
     timeout_s = PLACE_TIMEOUT_S
     asked = cfg.num_workers * cfg.worker_num_cpus + cfg.server_num_cpus
     first = min(timeout_s, 10.0)
     _, waiting = ray.wait(pings, num_returns=len(pings), timeout=first)
-    if waiting and timeout_s > first:
+    if waiting and timeout_s > first and free.get("CPU", 0.0) < asked:  # else they are only slow to start
         log.warning(
             "%d of %d actors have not started after %g s: the cluster has %g CPUs free, the run asks for %g; "
             "waiting up to %g s", len(waiting), len(pings), first, free.get("CPU", 0.0), asked, timeout_s,
         )  # fmt: skip
+    if waiting:
         _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=timeout_s - first)
     if waiting:
         expected = (

@@ -148,7 +148,8 @@ class RayBackend(Backend):
         self._setup: tuple[type[Algorithm], ray.ObjectRef] | None = None
         self.head: str | None = getattr(ray.get_runtime_context(), "gcs_address", None)  # none through ray://
         try:
-            wait_placed([a.pid.remote() for a in [*self.workers, self.server_actor]], cfg, free)
+            if not self.started_ray:  # an instance this started was sized to hold them
+                wait_placed([a.pid.remote() for a in [*self.workers, self.server_actor]], cfg, free)
         except ConfigError:
             self.shutdown()
             raise
