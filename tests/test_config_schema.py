@@ -196,3 +196,14 @@ def test_a_field_added_with_its_default_leaves_earlier_runs_identities_alone():
                 assert run_hash(older, index, 0) == want, f"{section}.{name}"
     changed = load_scenario("noniid_all", ["system.policy=deadline", "system.deadline_s=5", "algorithms[0].mu=0.5"])
     assert run_hash(to_dict(changed), 0, 0) != run_hash(today, 0, 0)  # a setting that differs still counts
+
+
+def test_exponent_numbers_are_numbers_in_files_and_overrides(tmp_path):
+    """`1e-3` is a number in YAML 1.2 and every other tool; PyYAML alone (YAML 1.1) reads a string."""
+    path = tmp_path / "s.yaml"
+    path.write_text("algorithms: [{name: hosfl, mu: 1e-3, client_optimizer: {lr: 5E-4}}]\nfederation: {rounds: 2e1}\n")
+    sc = load_scenario(str(path), ["algorithms[0].server_optimizer.lr=1e-2"])
+    algo = sc.algorithms[0]
+    assert (algo.mu, algo.client_optimizer.lr, algo.server_optimizer.lr) == (0.001, 0.0005, 0.01)
+    assert sc.federation.rounds == 20 and isinstance(sc.federation.rounds, int)
+    assert load_scenario(str(path), ["algorithms[0].label=1e3x"]).algorithms[0].label == "1e3x"

@@ -20,10 +20,10 @@ from hosfl_sim.config.validate import validate
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
 
-def _parse_value(text: str) -> Any:
-    """Override values are YAML scalars or flow collections: `0.5`, `true`, `[1, 2]`, `adamw`."""
+def parse_value(text: str) -> Any:
+    """Override values are YAML scalars or flow collections: `0.5`, `1e-3`, `true`, `[1, 2]`, `adamw`."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError:
         return text
 
@@ -68,7 +68,8 @@ def resolve_path(name_or_path: str) -> Path:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last silently), and
+    reading `1e-3` and `1e6` as numbers, as YAML 1.2 and every other tool do (PyYAML's YAML 1.1 wants `1.0e-3`)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -80,6 +81,10 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
 
 
 MAX_FILE_BYTES = 1 << 20  # a scenario is a page of YAML; anything larger is not one
@@ -161,7 +166,7 @@ def load_scenario(name_or_path: str | dict, overrides: list[str] | None = None) 
         if "=" not in item:
             raise ConfigError("override", item, "KEY=VALUE with a dotted KEY")
         key, text = item.split("=", 1)
-        apply_override(data, key.strip(), _parse_value(text))
+        apply_override(data, key.strip(), parse_value(text))
     scenario = validate(Scenario, data)
     scenario.check()
     return scenario

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from hosfl_sim.config import ConfigError
+from hosfl_sim.config.load import parse_value
 from hosfl_sim.reproduce.report import write_report
 from hosfl_sim.reproduce.resources import (
     check_scalar_options,
@@ -29,7 +29,7 @@ from hosfl_sim.runtime.sweep_stop import exit_status
 def reproduce(args: argparse.Namespace, override_text: dict[str, str]) -> int:
     """Run a paper table as a resumable sweep, then print and write our numbers beside the published ones.
     `override_text`: dotted KEY -> YAML text, for every run. Returns the exit status."""
-    overrides = {k: yaml.safe_load(v) for k, v in override_text.items()}
+    overrides = {k: parse_value(v) for k, v in override_text.items()}
     out = Path(args.out or Path("runs") / "reproduce" / f"{args.table}-scale{args.scale:g}")
     if args.table in ("memory", "communication"):
         return _reproduce_resources(args, overrides, out)
