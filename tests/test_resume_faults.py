@@ -132,3 +132,36 @@ def test_a_damaged_manifest_is_refused_in_one_line_by_resume_and_plot(tmp_path, 
         assert len(err) == 1 and err[0].startswith(f"error: {field}: got") and says in err[0], err
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "expected an existing run or output directory" in capsys.readouterr().err
+
+
+def test_a_full_disk_fails_the_run_in_its_manifest_and_leaves_no_temporary_files(tmp_path, monkeypatch, capsys):
+    """The disk fills up after a few rounds: the Parquet write fails part-way (a partial file is on disk, as on a
+    real full disk). The run ends failed with the reason in its manifest, keeps the rows already written, leaves no
+    stray .tmp file, and the next algorithm still runs."""
+    import errno
+    from pathlib import Path
+
+    from hosfl_sim.record import recorder
+
+    written = {"calls": 0}
+    real_write = recorder.pq.write_table
+
+    def write_until_full(table, path, *args, **kwargs):
+        written["calls"] += 1
+        if written["calls"] == 3:  # the first run's second flush: rounds written, then clients fail
+            Path(path).write_bytes(b"PAR1 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(table, path, *args, **kwargs)
+
+    monkeypatch.setattr(recorder.pq, "write_table", write_until_full)
+    algos = [{"name": "hosfl", "perturbations": 2}, {"name": "sfl"}]
+    sc = load_scenario(tiny_scenario(algorithms=algos, federation={**FED, "rounds": 3}))
+    engine = Engine(sc, backend=LocalBackend(2), progress=False)
+    engine.checkpoint_every = 0
+    summaries = engine.run_all(tmp_path)
+    assert [s.status for s in summaries] == ["failed", "completed"]
+    record = json.loads((summaries[0].run_dir / "manifest.json").read_text())
+    assert record["status"] == "failed" and "No space left on device" in record["error"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    kept = pq.read_table(summaries[0].run_dir / "rounds.parquet").to_pylist()  # the rows written before, intact
+    assert 1 <= len(kept) < 3 and kept[0]["round"] == 1

@@ -39,8 +39,12 @@ NAMES = ("rounds", "clients")
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a read-only one, Ctrl-C: the file stays as it was, no stray .tmp
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -186,6 +190,17 @@ class Recorder:
             self._flush_cost = self._last_flush - t0
 
     def finish(self, status: str, **extra: Any) -> None:
-        self.flush()
+        """Writes the last rows and the manifest's end. Rows that cannot be written (a full disk) make the run
+        failed, with the reason, in a manifest still written where the disk allows; the error is raised."""
+        try:
+            self.flush()
+        except OSError as e:
+            if status != "failed" or "error" not in extra:
+                status, extra = "failed", {**extra, "error": f"its rows could not be written: {e!r}"}
+            self._end(status, extra)
+            raise
+        self._end(status, extra)
+
+    def _end(self, status: str, extra: dict[str, Any]) -> None:
         self.manifest.update(status=status, finished=now(), rounds_completed=len(self.rounds), **extra)
         write_json(self.dir / "manifest.json", self.manifest)
