@@ -469,7 +469,7 @@ def test_the_server_dying_stops_the_run_with_a_checkpoint_to_resume(tmp_path, ra
         anchors = 0
 
         def client(self, worker, method, *args, num_returns=1):
-            if worker == 1 and method is HOSFLClient.anchors:
+            if worker == 1 and method is HOSFLClient.each and args[0] is HOSFLClient.anchor:
                 self.anchors += 1
                 if self.anchors == 4:
                     ray.kill(self.server_actor, no_restart=True)
