@@ -117,3 +117,22 @@ def test_the_cli_tracks_with_a_flag(tmp_path):
     (run_dir,) = (tmp_path / "out").glob("*/manifest.json")
     assert json.loads(run_dir.read_text())["scenario"]["runtime"]["track"] == ["tensorboard"]
     assert list((run_dir.parent / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_wandb_online_without_a_login_and_a_tracker_twice_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    from hosfl_sim.cli import main
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    args = ["run", "quickstart", "runtime.backend=local", "federation.rounds=1"]
+    out = ["--out", str(tmp_path / "out")]
+    assert main([*args, *out, "--track", "wandb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runtime.track[0]: got 'wandb', expected a W&B login" in err[0], err
+    assert main([*args, "runtime.track=[tensorboard, tensorboard]", *out]) == 2
+    assert "runtime.track[1]: got 'tensorboard', expected each tracker once" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,25 @@ PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"} 
 
 
 def check_trackers(names: Sequence[str]) -> None:
-    """Refuse, naming the field, a tracker whose package is not installed (before anything is written)."""
+    """Refuse, naming the field, a tracker given twice, one whose package is not installed, and W&B online without
+    a login (every run would fail as it starts) - before anything is written."""
     for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"runtime.track[{i}]", name, "each tracker once")
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ConfigError(f"runtime.track[{i}]", name, f"an installed tracker: pip install 'hosfl_sim[{name}]'")
+        if name == "wandb" and os.environ.get("WANDB_MODE", "").lower() not in ("offline", "disabled", "dryrun"):
+            _check_wandb_login(f"runtime.track[{i}]")
+
+
+def _check_wandb_login(field: str) -> None:
+    import wandb
+
+    try:
+        wandb.Api()  # finds a key as wandb.init would (WANDB_API_KEY, netrc, settings); never prompts
+    except wandb.errors.UsageError:
+        expected = "a W&B login (`wandb login`, or WANDB_API_KEY), or WANDB_MODE=offline to log to local files"
+        raise ConfigError(field, "wandb", expected) from None
 
 
 def metrics(row: dict[str, Any]) -> dict[str, float]:
