@@ -22,6 +22,7 @@ import pandas as pd
 
 from hosfl_sim.config import ConfigError, Scenario, load_scenario
 from hosfl_sim.config.load import apply_override, load_raw
+from hosfl_sim.config.schema import directory_name
 from hosfl_sim.plots.load import RunSet
 from hosfl_sim.plots.load import load_runs as _load
 from hosfl_sim.plots.table import summary_table
@@ -76,7 +77,7 @@ def run(
 
     sc = scenario(name_or_path, overrides)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = Path(out) if out is not None else Path(sc.output_dir) / sc.name / stamp
+    target = Path(out) if out is not None else Path(sc.output_dir) / directory_name(sc.name) / stamp
     if (target / "manifest.json").exists() or any(target.glob("*/manifest.json")):
         raise ConfigError("out", str(target), "a directory without runs")
     engine = Engine(sc, progress=progress)

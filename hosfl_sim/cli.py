@@ -11,6 +11,7 @@ from pathlib import Path
 from hosfl_sim import __version__
 from hosfl_sim.config import ConfigError, Scenario, describe, load_scenario, schema_parser
 from hosfl_sim.config.load import SCENARIO_DIR
+from hosfl_sim.config.schema import directory_name
 
 
 def _resume_target(args: argparse.Namespace) -> tuple[Scenario, Path, dict | None]:
@@ -43,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         scenario = load_scenario(args.scenario, args.overrides)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out) if args.out else Path(scenario.output_dir) / scenario.name / stamp
+        out = Path(args.out) if args.out else Path(scenario.output_dir) / directory_name(scenario.name) / stamp
         if (out / "manifest.json").exists() or any(out.glob("*/manifest.json")):
             raise ConfigError("--out", str(out), f"a directory without runs (continue them: --resume {out})")
     from hosfl_sim.runtime.engine import Engine  # imported late: `list` must stay instant

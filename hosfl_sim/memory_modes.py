@@ -54,6 +54,7 @@ from hosfl_sim.algorithms.locfedmix_sl import LocFedMixClient
 from hosfl_sim.algorithms.sfl import SFLClient, shared_state, to_numpy
 from hosfl_sim.algorithms.task import TaskSpec, sample_batch, to_tensors, to_wire
 from hosfl_sim.config import AlgorithmConfig, ConfigError, Scenario
+from hosfl_sim.config.schema import directory_name
 from hosfl_sim.memory.meter import MemoryMeter, slowdown
 from hosfl_sim.memory.static import static_bytes
 from hosfl_sim.models.split import cut_points
@@ -395,7 +396,7 @@ def memory_command(scenario: Scenario, device: str, out_dir: str | None, overhea
         raise ConfigError("--device", device, "cpu (no CUDA device is visible here)")
     torch.set_num_threads(scenario.runtime.torch_threads)  # as the simulator's workers run
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir) if out_dir else Path(scenario.output_dir) / scenario.name / f"memory-{stamp}"
+    out = Path(out_dir) if out_dir else Path(scenario.output_dir) / directory_name(scenario.name) / f"memory-{stamp}"
     spec = scenario_spec(scenario, device=device)
     m, feats = scenario.task.model, spec.train.features
     shape = "x".join(str(s) for s in next(iter(feats.values())).shape[1:])  # per-sample input shape

@@ -165,3 +165,12 @@ def test_a_full_disk_fails_the_run_in_its_manifest_and_leaves_no_temporary_files
     assert not list(tmp_path.rglob("*.tmp"))
     kept = pq.read_table(summaries[0].run_dir / "rounds.parquet").to_pylist()  # the rows written before, intact
     assert 1 <= len(kept) < 3 and kept[0]["round"] == 1
+
+
+def test_a_scenario_name_with_path_separators_stays_inside_the_output_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "quickstart", "runtime.backend=local", "federation.rounds=1", "name=../../escape", "--quiet"]
+    assert main(args) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name == ".._.._escape" and list(folder.glob("*/*/manifest.json"))
+    assert not (tmp_path.parent / "escape").exists()

@@ -119,7 +119,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         raise ConfigError("sweep.cpus_per_run", cpus, "a number > 0")
     gpus = check_gpus_per_run(data.get("gpus_per_run", 0))
     return SweepSpec(
-        name=str(data.get("name") or path.stem),
+        name=directory_name(str(data.get("name") or path.stem)),  # it names the sweep's folder
         base=base,
         description=str(data.get("description") or ""),
         overrides=overrides,
