@@ -32,3 +32,16 @@ def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path, capsys, text, says):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_sweep_into_a_folder_of_other_runs_is_refused(tmp_path, capsys, resume):
+    (tmp_path / "out" / "HO-SFL_seed0").mkdir(parents=True)
+    (tmp_path / "out" / "HO-SFL_seed0" / "manifest.json").write_text("{}")  # what hosfl-sim run leaves
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: quickstart\n")
+    args = ["sweep", str(sweep), "--out", str(tmp_path / "out"), *(["--resume"] if resume else [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--out: got" in err and "holds runs that are not a sweep's" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["HO-SFL_seed0"]

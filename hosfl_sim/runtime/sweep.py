@@ -37,7 +37,7 @@ import pandas as pd
 from hosfl_sim.config import ConfigError, load_scenario, to_dict
 from hosfl_sim.runtime.checkpoint import FILE as CHECKPOINT
 from hosfl_sim.runtime.checks import check_output_dir
-from hosfl_sim.runtime.sweep_index import INDEX, final_metrics, index_row, is_complete, write_index
+from hosfl_sim.runtime.sweep_index import check_sweep_dir, final_metrics, index_row, is_complete, write_index
 from hosfl_sim.runtime.sweep_plan import PlannedRun, SweepSpec, load_sweep_spec, plan_sweep
 from hosfl_sim.runtime.sweep_stop import POLL_S, SweepStop, cancel_at_once, stop_requested, watch_stop
 
@@ -124,8 +124,7 @@ def run_sweep(
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep_spec(sweep)
     runs = plan_sweep(spec)
     out = (Path(out_dir) if out_dir else Path(runs[0].scenario.output_dir) / "sweeps" / spec.name).absolute()
-    if not resume and ((out / INDEX).exists() or (out / SWEEP_JSON).exists()):
-        raise ConfigError("--out", str(out), "a directory without a sweep (pass --resume to continue this one)")
+    check_sweep_dir(out, resume)
     check_output_dir(out)
     skipped = [r.path for r in runs if resume and is_complete(out / r.path, r.config_sha256)]
     todo = [r for r in runs if r.path not in skipped]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from hosfl_sim.config import ConfigError
 from hosfl_sim.config.identity import run_hash
 from hosfl_sim.runtime.sweep_plan import PlannedRun
 
@@ -97,3 +98,12 @@ def load_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         if path.exists():
             frames.append(pd.read_parquet(path).assign(**dict(zip(keep, row))))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["round", *keep])
+
+
+def check_sweep_dir(out: Path, resume: bool) -> None:
+    """A sweep's `--out`: a new folder, one without runs, or (`resume`) the folder of a sweep to continue."""
+    is_sweep = (out / INDEX).exists()  # written as a sweep starts
+    if is_sweep and not resume:
+        raise ConfigError("--out", str(out), "a directory without a sweep (pass --resume to continue this one)")
+    if not is_sweep and (any(out.glob("*/manifest.json")) or any(out.glob("*/*/manifest.json"))):
+        raise ConfigError("--out", str(out), "a directory without runs (it holds runs that are not a sweep's)")
