@@ -43,3 +43,31 @@ def test_labels_no_classifier_can_have_are_refused(tmp_path, labels, value, expe
         load_dataset(DatasetConfig(name="npz", path=str(path)))
     assert e.value.path == "task.dataset.label_column" and expected in e.value.expected
     assert str(e.value.value) == str(value)
+
+
+@pytest.mark.parametrize(
+    ("section", "content", "expected"),
+    [
+        ("trace", "", "a readable CSV or Parquet file (No columns to parse"),
+        ("trace", "client_id,compute_flops\n0,fast\n", "numbers in the compute_flops column"),
+        ("trace", "client_id,compute_flops\n0,\n", "finite numbers in the compute_flops column"),
+        ("trace", "client_id,uplink_bps\n0.5,1e6\n", "whole numbers in the client_id column"),
+        ("availability", "client_id,round,available\n0,1,maybe\n", "available as true/false or 1/0"),
+        ("availability", "client_id,round,available\n0,1,0\n99,2,0\n", "client ids in [0, 8)"),
+        ("availability", "client_id,round\n0,1\n", "(missing: available)"),
+    ],
+)
+def test_a_trace_file_that_cannot_be_read_as_one_is_refused_naming_its_field(tmp_path, section, content, expected):
+    from hosfl_sim.config import load_scenario
+    from hosfl_sim.system import Availability, build_profiles
+    from tests.conftest import tiny_scenario
+
+    path = tmp_path / "trace.csv"
+    path.write_text(content)
+    system = {"trace": str(path)} if section == "trace" else {"availability": {"trace": str(path)}}
+    sc = load_scenario(tiny_scenario(system=system, federation={"num_clients": 8, "clients_per_round": 3}))
+    with pytest.raises(ConfigError) as e:
+        build_profiles(sc.system, 8, 0)
+        Availability(sc.system.availability, 8, 0)
+    field = "system.trace" if section == "trace" else "system.availability.trace"
+    assert e.value.path == field and expected in e.value.expected, e.value

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hosfl_sim.config.schema import AvailabilityConfig
+from hosfl_sim.config.schema import AvailabilityConfig, ConfigError
 from hosfl_sim.system.profiles import read_table
+
+# what an `available` cell may hold: booleans, 1/0, or their spellings in a CSV read as text
+_FLAGS = {True: True, False: False, "true": True, "false": False, "True": True, "False": False, "1": True, "0": False}
 
 
 class Availability:
@@ -17,8 +20,14 @@ class Availability:
         self.phase = np.random.default_rng([seed, 29]).integers(0, max(cfg.period, 1), size=num_clients)
         self.trace: dict[int, np.ndarray] = {}
         if cfg.trace:
-            table = read_table(cfg.trace, "system.availability.trace")
-            off = table[~table["available"].astype(bool)]
+            field = "system.availability.trace"
+            table = read_table(cfg.trace, field, ("round", "available"))
+            flags = table["available"].map(_FLAGS.get)
+            ids = table["client_id"].to_numpy()
+            if flags.isna().any() or (len(ids) and (ids.min() < 0 or ids.max() >= num_clients)):
+                bad = "available as true/false or 1/0" if flags.isna().any() else f"client ids in [0, {num_clients})"
+                raise ConfigError(field, cfg.trace, bad)
+            off = table[~flags.astype(bool)]
             for rnd, group in off.groupby("round"):
                 self.trace[int(rnd)] = group["client_id"].to_numpy()
 

@@ -43,14 +43,36 @@ def draw(dist: DistributionConfig, n: int, rng: np.random.Generator) -> np.ndarr
     return dist.median * np.exp(dist.sigma * rng.standard_normal(n))
 
 
-def read_table(path: str, field: str) -> pd.DataFrame:
+def read_table(path: str, field: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A trace file with integer client ids (and `columns`); an empty, corrupt or malformed one is a one-line
+    ConfigError naming `field`."""
     p = Path(path).expanduser()
-    if not p.exists():
+    if not p.is_file():
         raise ConfigError(field, path, "an existing CSV or Parquet file")
-    table = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
-    if "client_id" not in table.columns:
-        raise ConfigError(field, path, "a table with a client_id column")
+    try:
+        table = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise ConfigError(field, path, f"a readable CSV or Parquet file ({reason})") from None
+    missing = [c for c in ("client_id", *columns) if c not in table.columns]
+    if missing:
+        raise ConfigError(field, path, f"a table with the columns client_id{''.join(', ' + c for c in columns)} "
+                          f"(missing: {', '.join(missing)})")  # fmt: skip
+    for c in ("client_id", *(c for c in columns if c == "round")):
+        if not pd.api.types.is_integer_dtype(table[c]):
+            raise ConfigError(field, path, f"whole numbers in the {c} column")
     return table
+
+
+def numbers(table: pd.DataFrame, column: str, path: str, field: str) -> np.ndarray:
+    """A trace column as finite float64, or a one-line ConfigError naming the column."""
+    try:
+        values = table[column].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(field, path, f"numbers in the {column} column") from None
+    if not np.isfinite(values).all():
+        raise ConfigError(field, path, f"finite numbers in the {column} column (it has a gap, NaN or Inf)")
+    return values
 
 
 def build_profiles(cfg: SystemConfig, num_clients: int, seed: int) -> DeviceProfiles:
@@ -74,7 +96,7 @@ def build_profiles(cfg: SystemConfig, num_clients: int, seed: int) -> DeviceProf
             raise ConfigError("system.trace", cfg.trace, f"client ids in [0, {num_clients})")
         for f in FIELDS:
             if f in table.columns:
-                values[f][ids] = table[f].to_numpy(dtype=np.float64)
+                values[f][ids] = numbers(table, f, cfg.trace, "system.trace")
         if "tier" in table.columns:
             extra = sorted(set(table["tier"].astype(str)) - set(names))
             names += extra
