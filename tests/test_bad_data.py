@@ -71,3 +71,12 @@ def test_a_trace_file_that_cannot_be_read_as_one_is_refused_naming_its_field(tmp
         Availability(sc.system.availability, 8, 0)
     field = "system.trace" if section == "trace" else "system.availability.trace"
     assert e.value.path == field and expected in e.value.expected, e.value
+
+
+def test_a_dataset_too_large_for_memory_is_refused_naming_it():
+    from hosfl_sim.config.schema import SyntheticConfig
+
+    cfg = DatasetConfig(name="synthetic", synthetic=SyntheticConfig(num_features=10**12))
+    with pytest.raises(ConfigError) as e:
+        load_dataset(cfg)
+    assert e.value.path == "task.dataset" and "a dataset this machine can hold in memory" in e.value.expected

@@ -63,7 +63,10 @@ def load_dataset(cfg: DatasetConfig, **options) -> DataSplit:
     if fn is None:
         names = ", ".join(known_datasets())
         raise ConfigError("task.dataset.name", cfg.name, f"one of {names} (a name ending in '/' takes any suffix)")
-    split = fn(cfg, **options)
+    try:
+        split = fn(cfg, **options)
+    except MemoryError as e:  # numpy's _ArrayMemoryError is one: a size the config asked for
+        raise ConfigError("task.dataset", cfg.name, f"a dataset this machine can hold in memory ({e})") from None
     # Built-in sources cap before converting; this makes the caps hold for registered sources too.
     train = _cap(split.train, cfg.max_train, stream_rng(cfg.seed, CAP_TRAIN))
     test = _cap(split.test, cfg.max_test, stream_rng(cfg.seed, CAP_TEST))
