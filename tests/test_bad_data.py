@@ -80,3 +80,23 @@ def test_a_dataset_too_large_for_memory_is_refused_naming_it():
     with pytest.raises(ConfigError) as e:
         load_dataset(cfg)
     assert e.value.path == "task.dataset" and "a dataset this machine can hold in memory" in e.value.expected
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "expected"),
+    [
+        ("task.dataset.max_length=100000", "task.dataset.max_length", "at most 512, the longest input the model"),
+        ("task.dataset.max_length=100000000", "task.dataset.max_length", "a positive integer of at most 131072"),
+        ("task.model.lora_r=100000", "task.model.lora_r", "at most 384, the smallest dimension of the layers"),
+    ],
+)
+def test_text_inputs_and_adapters_no_model_can_take_are_refused_before_anything_is_written(
+    tmp_path, capsys, override, field, expected
+):
+    from hosfl_sim.cli import main
+
+    args = ["run", "sst2_minilm", "runtime.backend=local", "task.dataset.max_train=32", "task.dataset.max_test=16"]
+    assert main([*args, override, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(f"error: {field}: got") and expected in err[0], err
+    assert not (tmp_path / "out").exists()

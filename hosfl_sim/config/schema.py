@@ -79,7 +79,8 @@ class DatasetConfig(ConfigModel):
         for name in ("max_train", "max_test"):
             v = getattr(self, name)
             _require(v is None or v > 0, f"{path}.{name}", v, "a positive integer or null")
-        _require(self.max_length > 0, f"{path}.max_length", self.max_length, "a positive integer")
+        v = self.max_length  # tokens per row, padded: rows x max_length ids are held in memory
+        _require(0 < v <= 131_072, f"{path}.max_length", v, "a positive integer of at most 131072 (tokens per row)")
 
 
 class PartitionConfig(ConfigModel):

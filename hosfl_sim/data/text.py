@@ -216,6 +216,10 @@ def load_text_dataset(data_cfg: DatasetConfig, model_cfg: ModelConfig) -> DataSp
     y_train, y_test, num_classes = _labels(train[data_cfg.label_column], test[data_cfg.label_column], names)
 
     tokenizer = load_tokenizer(model_cfg)
+    limit = getattr(tokenizer, "model_max_length", None)  # a huge sentinel where the tokenizer does not know
+    if isinstance(limit, int) and limit < 10**6 and data_cfg.max_length > limit:
+        expected = f"at most {limit}, the longest input the model {model_cfg.name} takes"
+        raise ConfigError("task.dataset.max_length", data_cfg.max_length, expected)
     parts = []
     for table, y in ((train, y_train), (test, y_test)):
         if data_cfg.template is not None:

@@ -301,6 +301,14 @@ def _add_lora(part: nn.Module, cfg: ModelConfig, family: Family, side: str) -> N
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = list(cfg.lora_targets) or list(family.lora_targets)
+    dims = [
+        min(m.weight.shape)
+        for name, m in part.named_modules()
+        if any(name == t or name.endswith("." + t) for t in targets) and getattr(m, "weight", None) is not None
+    ]
+    if dims and cfg.lora_r > min(dims):  # a rank above the layers' own adds parameters and nothing else
+        expected = f"at most {min(dims)}, the smallest dimension of the layers LoRA adapts"
+        raise ConfigError("task.model.lora_r", cfg.lora_r, expected)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
