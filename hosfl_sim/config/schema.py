@@ -196,6 +196,8 @@ class AlgorithmConfig(ConfigModel):
     cuts: list[str] = Field(default_factory=list)
 
     def check(self, path: str) -> None:
+        n = len(self.label or "")  # it names the run's directory: file systems take 255 bytes
+        _require(n <= 200, f"{path}.label", self.label, "a label of at most 200 characters")
         _require(self.local_steps >= 1, f"{path}.local_steps", self.local_steps, "an integer >= 1")
         e = self.local_epochs
         _require(e is None or e >= 1, f"{path}.local_epochs", e, "an integer >= 1 or null")
